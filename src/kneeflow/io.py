@@ -409,3 +409,40 @@ def ingest(image: str | os.PathLike, out_image: str | os.PathLike, out_qc: str |
     rec = qc_record(scan)
     write_json(rec, out_qc)
     return rec
+
+
+def same_geometry(a, b, tol_mm: float = 1e-3) -> str | None:
+    """None if images a and b share size, spacing, origin and direction; else what differs."""
+    if a.GetSize() != b.GetSize():
+        return f"size {b.GetSize()} vs {a.GetSize()}"
+    if not np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol_mm):
+        return f"spacing {tuple(round(s, 5) for s in b.GetSpacing())} vs {tuple(round(s, 5) for s in a.GetSpacing())}"
+    if not np.allclose(a.GetOrigin(), b.GetOrigin(), atol=10 * tol_mm):
+        return f"origin {tuple(round(s, 3) for s in b.GetOrigin())} vs {tuple(round(s, 3) for s in a.GetOrigin())}"
+    if not np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4):
+        return "direction cosines differ"
+    return None
+
+
+def load_label_map(path: str | os.PathLike, convention: dict, reference=None):
+    """Read a label map, check it against ``reference`` (the sample's image) and remap to canonical.
+
+    Returns a uint8 SimpleITK image in the canonical convention with the file's geometry.
+    """
+    from kneeflow.labels import remap_to_canonical
+
+    sitk = _sitk()
+    img = read_volume(path, what="label map")
+    pid = img.GetPixelID()
+    if pid in (sitk.sitkFloat32, sitk.sitkFloat64):
+        arr = sitk.GetArrayViewFromImage(img)
+        if not np.all(np.equal(np.mod(arr, 1), 0)):
+            raise InputError(path, "label map holds non-integer values (is this an image, not labels?)")
+    if reference is not None:
+        diff = same_geometry(reference, img)
+        if diff:
+            raise InputError(path, f"label map geometry differs from its image: {diff}")
+    arr = remap_to_canonical(sitk.GetArrayFromImage(img).astype(np.int64), convention, source=str(path))
+    out = sitk.GetImageFromArray(arr.astype(np.uint8))
+    out.CopyInformation(img)
+    return out

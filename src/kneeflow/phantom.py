@@ -62,6 +62,9 @@ DESS_INTENSITY = {
     "marrow": 0.42,
     "cortex": 0.04,
 }
+#: cartilage thins over this distance (mm) towards its margins, down to EDGE_FLOOR x its thickness
+EDGE_TAPER_MM = 2.0
+EDGE_FLOOR = 0.5
 ECHO_TIMES_MS = tuple(float(10 * i) for i in range(1, 9))
 
 
@@ -248,55 +251,65 @@ def patella_sdf(p: KneeParams, u, v, w) -> np.ndarray:
 # Cartilage coverage and thickness fields, evaluated at bone-surface points.
 
 
+def _taper(edge_mm, width: float | None = None, floor: float | None = None):
+    """Cartilage thins towards its margins: 1 inside, ``floor`` at the margin (smoothstep in between)."""
+    width = EDGE_TAPER_MM if width is None else width
+    floor = EDGE_FLOOR if floor is None else floor
+    x = np.clip(edge_mm / width, 0.0, 1.0)
+    return floor + (1.0 - floor) * x * x * (3 - 2 * x)
+
+
 def _femoral_field(p: KneeParams, u, v, w, parts) -> tuple[np.ndarray, np.ndarray]:
     names = ["medial_condyle", "lateral_condyle", "trochlea"]
     stack = np.stack([parts[n] for n in names])
     comp = np.argmin(stack, axis=0)
     near = np.min(stack, axis=0) < 0.6
-    covered = np.zeros(u.shape, dtype=bool)
+    edge = np.full(u.shape, -1.0)
     ph = p.thick_phase
     # condyles: the distal and posterior rim, away from the side walls and the shaft
-    for i, (uc, wc, h) in enumerate(
-        ((p.u_med, p.wc_med, p.h_med), (p.u_lat, p.wc_lat, p.h_lat))
+    for i, (uc, wc, h, r) in enumerate(
+        ((p.u_med, p.wc_med, p.h_med, p.r_med), (p.u_lat, p.wc_lat, p.h_lat, p.r_lat))
     ):
         theta = np.arctan2(v - p.v_cond, -(w - wc))  # 0 = distal, +pi/2 = anterior, -pi/2 = posterior
-        on_rim = (np.abs(u - uc) < h - 2.0) & (theta > -2.2) & (theta < 1.2)
-        covered |= (comp == i) & on_rim
+        e = np.minimum(np.minimum(h - 2.0 - np.abs(u - uc), (theta + 2.2) * r), (1.2 - theta) * r)
+        edge = np.where(comp == i, e, edge)
     # trochlea: its anterior face up to the upper trochlear margin
     vt = p.v_cond + 9.0 * p.scale
     wt = max(p.wc_med, p.wc_lat) + 6.0
-    troch_face = (v > vt + 3.0) & (w < wt + 0.6 * p.r_troch) & (np.abs(u) < 17.0 * p.scale)
-    covered |= (comp == 2) & troch_face
-    covered &= near & (parts["shaft"] > 1.0)
+    e = np.minimum(np.minimum(v - vt - 3.0, wt + 0.6 * p.r_troch - w), 17.0 * p.scale - np.abs(u))
+    edge = np.where(comp == 2, e, edge)
+    edge = np.minimum(edge, parts["shaft"] - 1.0)
     for name in ("osteophyte_med", "osteophyte_lat"):
         if name in parts:
-            covered &= parts[name] > 0.5
+            edge = np.minimum(edge, parts[name] - 0.5)
+    covered = near & (edge > 0)
     base = p.thick_base["femoral"]
     t = base * (1 + 0.16 * np.sin(0.11 * v + ph[0]) * np.cos(0.09 * u + ph[1]) + 0.08 * np.sin(0.13 * w + ph[2]))
     medial = u > 0
     t = np.where(medial, t * (1 - 0.40 * p.oa * np.clip((wt - w) / 20.0, 0, 1)), t)
-    return covered, t
+    return covered, t * _taper(edge)
 
 
 def _tibial_field(p: KneeParams, u, v, w) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     top = _plateau_top(p, u, v)
     on_top = np.abs(w - top) < 0.8
     ph = p.thick_phase
-    med = on_top & (((u - p.u_med) / 13.0) ** 2 + ((v - p.v_cond) / 17.0) ** 2 < 1) & (u > 4.5)
-    lat = on_top & (((u - p.u_lat) / 12.0) ** 2 + ((v - p.v_cond) / 16.0) ** 2 < 1) & (u < -4.5)
+    e_med = np.minimum((1 - np.hypot((u - p.u_med) / 13.0, (v - p.v_cond) / 17.0)) * 13.0, u - 4.5)
+    e_lat = np.minimum((1 - np.hypot((u - p.u_lat) / 12.0, (v - p.v_cond) / 16.0)) * 12.0, -4.5 - u)
     t_med = p.thick_base["tibial_med"] * (1 + 0.15 * np.sin(0.2 * v + ph[3]) * np.cos(0.2 * u + ph[4]))
-    t_med = t_med * (1 - 0.45 * p.oa)
+    t_med = t_med * (1 - 0.45 * p.oa) * _taper(e_med)
     t_lat = p.thick_base["tibial_lat"] * (1 + 0.15 * np.sin(0.2 * v + ph[5]) * np.cos(0.2 * u + ph[6]))
-    t = np.where(u > 0, t_med, t_lat)
-    return med, lat, t
+    t = np.where(u > 0, t_med, t_lat * _taper(e_lat))
+    return on_top & (e_med > 0), on_top & (e_lat > 0), t
 
 
 def _patellar_field(p: KneeParams, u, v, w) -> tuple[np.ndarray, np.ndarray]:
     c, a = patella_geometry(p)
-    back = (v - c[1]) < -0.45 * a[1]
-    inner = ((u - c[0]) / (0.85 * a[0])) ** 2 + ((w - c[2]) / (0.8 * a[2])) ** 2 < 1
+    e_back = (-(v - c[1]) - 0.45 * a[1]) * 3.0  # depth behind the cut-off, scaled to ~mm along the face
+    e_in = (1 - np.hypot((u - c[0]) / (0.85 * a[0]), (w - c[2]) / (0.8 * a[2]))) * 0.8 * a[0]
+    edge = np.minimum(e_back, e_in)
     t = p.thick_base["patellar"] * (1 + 0.12 * np.sin(0.15 * w + p.thick_phase[7]))
-    return back & inner, t
+    return edge > 0, t * _taper(edge)
 
 
 # ----------------------------------------------------------------------------------------------

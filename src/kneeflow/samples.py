@@ -72,7 +72,7 @@ def validate_sheet(
     extra = [c for c in df.columns if c not in known]
     if extra:
         raise SampleSheetError(f"{sheet}: unknown column(s) {extra}; allowed: {sorted(known)}")
-    validator = jsonschema.Draft7Validator(schema)
+    validator = jsonschema.Draft202012Validator(schema)
     records = []
     for i, row in df.iterrows():
         rec = {k: v for k, v in row.items() if v != ""}
@@ -116,7 +116,9 @@ def validate_sheet(
                 continue
             if str(path) not in produced and not path.exists():
                 problems.append(f"{where}: column {col}: file not found: {path}")
-            rec[col] = str(path)
+            # paths inside the working directory stay relative, so they match rule outputs
+            wd = Path(workdir).resolve()
+            rec[col] = os.path.relpath(path, wd) if wd in path.parents else str(path)
     if problems:
         raise SampleSheetError("\n".join(problems))
     out = pd.DataFrame.from_records(records)

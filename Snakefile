@@ -1,0 +1,33 @@
+# kneeflow: knee MRI -> segmentations, meshes, cartilage thickness, T2 (see README.md)
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("9.14.1")
+
+# the library; every job (local or on a cluster node) gets src/ on its PYTHONPATH (rules/common.smk)
+sys.path.insert(0, f"{workflow.basedir}/src")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schemas/config.schema.yaml")
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/ingest.smk"
+include: "rules/segment.smk"
+include: "rules/thickness.smk"
+include: "rules/t2.smk"
+include: "rules/tables.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

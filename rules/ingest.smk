@@ -1,0 +1,39 @@
+# Scans in: DICOM folders, NIfTI, NRRD -> checked image.nii.gz + qc.json; multi-echo series.
+
+
+rule ingest:
+    input:
+        image=lambda wc: row(wc)["image"],
+    output:
+        image="results/{sample}/image.nii.gz",
+        qc="results/{sample}/qc.json",
+    log:
+        "results/logs/ingest/{sample}.log",
+    benchmark:
+        "results/benchmarks/ingest/{sample}.tsv"
+    conda:
+        "../envs/ingest.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
+    script:
+        "../scripts/ingest.py"
+
+
+rule ingest_echoes:
+    input:
+        echoes=lambda wc: row(wc)["echoes"] or row(wc)["image"],
+    output:
+        echoes="results/{sample}/echoes.nii.gz",
+        times="results/{sample}/echoes.json",
+    log:
+        "results/logs/ingest_echoes/{sample}.log",
+    conda:
+        "../envs/ingest.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 3000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
+    script:
+        "../scripts/ingest_echoes.py"

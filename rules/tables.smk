@@ -1,0 +1,53 @@
+# Cohort tables: one row per sample x region x stat.
+
+
+rule table_thickness:
+    input:
+        tables=lambda wc: [f"results/{s}/thickness.csv" for s in IDS if has_labels(s)],
+    output:
+        table=report(
+            "results/tables/thickness.csv",
+            caption="../report/thickness.rst",
+            category="Tables",
+        ),
+    log:
+        "results/logs/tables/thickness.log",
+    localrule: True
+    conda:
+        "../envs/base.yaml"
+    script:
+        "../scripts/aggregate.py"
+
+
+rule table_t2:
+    input:
+        tables=lambda wc: [
+            f"results/{s}/t2.csv" for s in IDS if has_labels(s) and has_echoes(s)
+        ],
+    output:
+        table=report(
+            "results/tables/t2.csv", caption="../report/t2.rst", category="Tables"
+        ),
+    log:
+        "results/logs/tables/t2.log",
+    localrule: True
+    conda:
+        "../envs/base.yaml"
+    script:
+        "../scripts/aggregate.py"
+
+
+rule table_qc:
+    input:
+        qc=lambda wc: [f"results/{s}/qc.json" for s in IDS if has_image(s)],
+    output:
+        table="results/tables/qc.csv",
+    log:
+        "results/logs/tables/qc.log",
+    localrule: True
+    conda:
+        "../envs/base.yaml"
+    params:
+        samples=lambda wc: [s for s in IDS if has_image(s)],
+    script:
+        "../scripts/qc_table.py"

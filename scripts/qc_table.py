@@ -1,0 +1,29 @@
+"""One row per sample from the qc.json files: geometry, intensity percentiles, echoes, warnings."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from kneeflow.rule import run
+
+
+def main(sm):
+    rows = []
+    for sample, f in zip(sm.params.samples, sm.input.qc):
+        q = json.loads(Path(f).read_text())
+        rows.append({
+            "sample": sample,
+            "size": "x".join(map(str, q["size"])),
+            "spacing_mm": "x".join(f"{s:.4g}" for s in q["spacing_mm"]),
+            "orientation": q["orientation"],
+            "n_echoes": q["n_echoes"],
+            **{f"intensity_{k}": v for k, v in q["intensity_percentiles"].items()},
+            "warnings": "; ".join(q["warnings"]),
+        })
+    tmp = Path(sm.output.table).with_suffix(".part")
+    pd.DataFrame(rows).to_csv(tmp, index=False)
+    tmp.replace(sm.output.table)
+
+
+run(snakemake, main)  # noqa: F821

@@ -1,0 +1,44 @@
+"""Helpers for the thin rule scripts: logging to the rule's log, one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+
+
+def run(snakemake, main: Callable[[object], None]) -> None:
+    """Run ``main(snakemake)`` with logging routed to ``snakemake.log[0]``.
+
+    On failure the log and stderr get one line ``ERROR <rule> <wildcards>: <message>`` (the message
+    names the file and the problem), the traceback follows in the log only, and the job exits 1, so
+    Snakemake deletes the job's outputs and ``--keep-going`` carries on with the other samples.
+    """
+    log_path = snakemake.log[0] if len(snakemake.log) else None
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+    for noisy in ("numexpr", "pyacvd", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    wc = ",".join(f"{k}={v}" for k, v in dict(snakemake.wildcards).items())
+    try:
+        main(snakemake)
+    except Exception as e:  # noqa: BLE001 - reported in one line, then the job fails
+        msg = " ".join(str(e).split("\n")[0].split())
+        line = f"ERROR {snakemake.rule} {wc}: {msg}"
+        if log_path:
+            with open(log_path, "a") as fh:
+                fh.write(line + "\n" + traceback.format_exc())
+        print(line, file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def export_src_path(src: str) -> None:
+    """Put the library's folder on PYTHONPATH for every job the workflow starts (local or cluster)."""
+    import os
+
+    parts = [src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != src]
+    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
