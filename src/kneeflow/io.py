@@ -92,6 +92,9 @@ def read_volume(path: str | os.PathLike, *, what: str = "image"):
     if not has_image_suffix(p):
         raise InputError(p, f"unsupported file extension for {what}; expected one of {IMAGE_SUFFIXES}")
     _check_gzip(p)
+    problem = _header_problem(p)
+    if problem:
+        raise InputError(p, problem)
     try:
         img = sitk.ReadImage(str(p))
     except RuntimeError as e:
@@ -115,6 +118,50 @@ def _check_gzip(p: Path) -> None:
                 pass
     except (EOFError, OSError, zlib.error) as e:
         raise InputError(p, f"truncated or corrupt gzip file ({e})") from None
+
+
+def _header_problem(p: Path) -> str | None:
+    """Spacing problems ITK would hide (it silently replaces a zero NIfTI pixdim) or report vaguely."""
+    name = p.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        # read the raw header: nibabel and ITK both silently "fix" a non-positive pixdim
+        import gzip
+        import struct
+
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(p, "rb") as fh:
+            raw = fh.read(348)
+        if len(raw) < 348:
+            return "unreadable NIfTI header (file shorter than 348 bytes)"
+        for endian in ("<", ">"):
+            size = struct.unpack(endian + "i", raw[:4])[0]
+            if size == 540:
+                return None  # NIfTI-2: left to ITK's checks
+            if size == 348:
+                break
+        else:
+            return "unreadable NIfTI header (sizeof_hdr is not 348: corrupt or not NIfTI-1)"
+        dim = struct.unpack(endian + "8h", raw[40:56])
+        pix = np.asarray(struct.unpack(endian + "8f", raw[76:108])[1 : 1 + min(max(dim[0], 1), 3)], dtype=float)
+        if not np.all(np.isfinite(pix)) or np.any(pix <= 0):
+            return f"spacing must be positive and finite, got pixdim {tuple(pix.tolist())}"
+    elif name.endswith((".nrrd", ".nhdr")):
+        with open(p, "rb") as fh:
+            head = fh.read(4096).split(b"\n\n")[0].decode("latin-1", "replace")
+        for line in head.splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() == "space directions":
+                vecs = [v for v in val.replace("none", "").split(")") if "(" in v]
+                for v in vecs:
+                    nums = np.array([float(x) for x in v.split("(")[1].split(",")])
+                    n = float(np.linalg.norm(nums))
+                    if not np.isfinite(n) or n <= 0:
+                        return f"spacing must be positive and finite, got space direction ({v.split('(')[1]})"
+            if key.strip() == "spacings":
+                sp = np.array([float(x) for x in val.split()], dtype=float)
+                if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+                    return f"spacing must be positive and finite, got spacings {tuple(sp.tolist())}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- DICOM

@@ -3,8 +3,10 @@
 MESE: S(TE) = S0 exp(-TE / T2) per voxel, fitted log-linearly (ordinary least squares on log S, as
 pymskt's ``calculate_t2_linear_fit``; optionally weighted by S^2) or by non-linear least squares
 (vectorised Levenberg-Marquardt over all voxels, started from the log-linear fit). Noise-floor
-aware: echoes whose signal is below ``noise_floor_snr`` x the background noise sigma are left out of
-that voxel's fit, because Rician noise biases them upwards and T2 with them.
+aware: echoes whose fitted signal is below ``noise_floor_snr`` x the background noise sigma are left
+out of that voxel's second fit, because Rician noise biases them upwards and T2 with them. Measured
+on simulated decays at SNR 50 (tests/test_t2.py): the non-linear fit with a 3-sigma floor is within
+2 % for T2 20-60 ms; the log-linear fit is within 2 % for T2 >= 40 ms and ~2-6 % high below.
 
 qDESS: the closed form of Sveinsson et al. (MRI 2017), as DOSMA implements it, from the ratio of the
 second to the first echo, TR, TE, flip angle and the spoiler gradient (area and duration).
@@ -73,11 +75,13 @@ def fit_nonlinear(data: np.ndarray, tes, *, weights: np.ndarray | None = None, i
     lam = np.full(len(y), 1e-3)
 
     def cost(s0_, r2_):
-        return (w * (y - s0_[:, None] * np.exp(-np.outer(r2_, tes))) ** 2).sum(1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return (w * (y - s0_[:, None] * np.exp(-np.outer(r2_, tes))) ** 2).sum(1)
 
     c = cost(s0, r2)
     for _ in range(iterations):
-        e = np.exp(-np.outer(r2, tes))
+        with np.errstate(over="ignore", invalid="ignore"):
+            e = np.exp(-np.outer(r2, tes))
         res = y - s0[:, None] * e
         j0, j1 = e, -s0[:, None] * tes[None] * e  # d model / d s0, d model / d r2
         a00, a01, a11 = (w * j0 * j0).sum(1), (w * j0 * j1).sum(1), (w * j1 * j1).sum(1)
@@ -93,7 +97,7 @@ def fit_nonlinear(data: np.ndarray, tes, *, weights: np.ndarray | None = None, i
         better = ok & (cn < c) & (r2n > 0)
         s0, r2, c = np.where(better, s0n, s0), np.where(better, r2n, r2), np.where(better, cn, c)
         lam = np.where(better, lam * 0.3, lam * 10)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
         t2 = 1.0 / r2
     bad = ((w > 0).sum(1) < 2) | ~np.isfinite(t2) | (t2 <= 0)
     t2[bad] = np.nan
@@ -102,16 +106,24 @@ def fit_nonlinear(data: np.ndarray, tes, *, weights: np.ndarray | None = None, i
 
 
 def background_sigma(echo0: np.ndarray) -> float:
-    """Noise sigma from the darkest 5 % of the first echo (Rayleigh background: mean = sigma sqrt(pi/2))."""
-    v = echo0[np.isfinite(echo0)].ravel()
-    low = v[v <= np.percentile(v, 5)]
-    low = low[low > 0]
-    return float(low.mean() / math.sqrt(math.pi / 2)) if low.size else 0.0
+    """Noise sigma from the background of the first echo.
+
+    Background (air) magnitude is Rayleigh-distributed with its mode at sigma; the mode is found in a
+    smoothed histogram of the darkest half of the voxels, which the background dominates in knee MRI.
+    """
+    v = echo0[np.isfinite(echo0)].ravel().astype(np.float64)
+    low = v[(v > 0) & (v <= np.percentile(v, 50))]
+    if low.size < 100:
+        return 0.0
+    hist, edges = np.histogram(low, bins=200)
+    hist = np.convolve(hist, np.ones(5) / 5, mode="same")
+    i = int(np.argmax(hist))
+    return float(0.5 * (edges[i] + edges[i + 1]))
 
 
 def mese_t2(echoes: np.ndarray, tes, mask: np.ndarray | None = None, *, method: str = "loglinear",
-            drop_first_echo: bool = False, noise_floor_snr: float = 0.0, min_ms: float = 0.0,
-            max_ms: float = 100.0) -> tuple[np.ndarray, dict]:
+            drop_first_echo: bool = False, noise_floor_snr: float = 0.0, noise_sigma: float | None = None,
+            min_ms: float = 0.0, max_ms: float = 100.0) -> tuple[np.ndarray, dict]:
     """T2 map (ms) of a multi-echo series.
 
     Parameters
@@ -122,6 +134,7 @@ def mese_t2(echoes: np.ndarray, tes, mask: np.ndarray | None = None, *, method: 
     method : "loglinear" or "nonlinear".
     drop_first_echo : leave out the first echo (stimulated-echo contamination in MESE).
     noise_floor_snr : leave out echoes below this multiple of the background sigma (0 = keep all).
+    noise_sigma : the noise sigma if known; by default estimated from the first echo's background.
     min_ms, max_ms : values outside the open interval (min_ms, max_ms) become NaN and are counted.
 
     Returns
@@ -134,7 +147,9 @@ def mese_t2(echoes: np.ndarray, tes, mask: np.ndarray | None = None, *, method: 
     tes = np.asarray(tes, dtype=np.float64)
     if echoes.shape[-1] != len(tes):
         raise ValueError(f"{echoes.shape[-1]} echoes but {len(tes)} echo times")
-    sigma = background_sigma(echoes[..., 0]) if noise_floor_snr > 0 else 0.0
+    sigma = 0.0
+    if noise_floor_snr > 0:
+        sigma = float(noise_sigma) if noise_sigma is not None else background_sigma(echoes[..., 0])
     if drop_first_echo:
         echoes, tes = echoes[..., 1:], tes[1:]
     if len(tes) < 2:
@@ -144,7 +159,12 @@ def mese_t2(echoes: np.ndarray, tes, mask: np.ndarray | None = None, *, method: 
     data = echoes[m].astype(np.float64)
     w = np.ones_like(data)
     if noise_floor_snr > 0 and sigma > 0:
-        w[data < noise_floor_snr * sigma] = 0.0
+        # two passes: echoes whose *fitted* signal is below the floor leave the second fit. (Dropping
+        # echoes by their measured value would keep those that noise pushed up: a bias of its own.)
+        t_1, s0_1 = fit_loglinear(data, tes)
+        with np.errstate(invalid="ignore", over="ignore"):
+            model = s0_1[:, None] * np.exp(-tes[None, :] / t_1[:, None])
+        w = np.where(np.isfinite(model) & (model < noise_floor_snr * sigma), 0.0, 1.0)
     if method == "loglinear":
         t2v, _ = fit_loglinear(data, tes, weights=w)
     else:

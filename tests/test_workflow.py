@@ -1,0 +1,187 @@
+"""The workflow itself: lint, formatting, dry runs, sheet errors, env files, and a small real run."""
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+SNAKEFMT = str(Path(sys.executable).with_name("snakefmt"))
+
+
+def smk(*args, cwd=ROOT, check=True, timeout=900):
+    r = subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def test_lint_is_clean():
+    r = smk("--lint")
+    assert "Congratulations" in r.stdout + r.stderr
+
+
+def test_snakefmt_check():
+    r = subprocess.run([SNAKEFMT, "--check", "Snakefile", "rules/"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def _planned(out: str) -> dict[str, int]:
+    table = out.split("Job stats:")[1].split("Reasons")[0] if "Job stats:" in out else ""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_demo_dry_run_plans_every_enabled_stage():
+    r = smk("-n", "--forceall", "--configfile", "config/demo.yaml")
+    jobs = _planned(r.stdout + r.stderr)
+    n = len(pd.read_csv(ROOT / "config" / "demo_samples.tsv", sep="\t"))
+    for rule in ("phantom", "ingest", "ingest_echoes", "import_labels", "thickness", "t2"):
+        assert jobs.get(rule) == n, (rule, jobs)
+    for rule in ("table_thickness", "table_t2", "table_qc", "all"):
+        assert jobs.get(rule) == 1, (rule, jobs)
+
+
+def test_switches_remove_stages(tmp_path):
+    off = tmp_path / "no_t2.yaml"
+    off.write_text(yaml.safe_dump({"t2": {"activate": False, "method": "loglinear"}}))
+    r = smk("-n", "--forceall", "--configfile", "config/demo.yaml", str(off))
+    jobs = _planned(r.stdout + r.stderr)
+    assert "t2" not in jobs and "table_t2" not in jobs and jobs["thickness"] == 16
+
+
+def test_bad_sheet_stops_before_any_job(tmp_path):
+    sheet = tmp_path / "bad.tsv"
+    sheet.write_text("sample\tside\timage\nk1\tright\t../nope.nii.gz\nk1\tsideways\t\n")
+    r = smk("-n", "--config", f"samples={sheet}", check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "duplicate sample id 'k1'" in out and "column side" in out
+    assert "Job stats" not in out
+
+
+# ---------------------------------------------------------------------------------------- env files
+
+# import name -> the conda package that provides it
+CONDA_NAME = {"SimpleITK": "simpleitk", "skimage": "scikit-image", "yaml": "pyyaml", "sklearn": "scikit-learn",
+              "PIL": "pillow", "vtkmodules": "vtk"}
+STDLIB = set(sys.stdlib_module_names)
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            # `from kneeflow import io` imports the submodule kneeflow.io
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def _third_party(script: Path) -> set[str]:
+    """Third-party top-level modules a script imports, following kneeflow modules (function-level too)."""
+    seen, todo, found = set(), [script], set()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        for name in _imports(f):
+            top = name.split(".")[0]
+            if top == "kneeflow":
+                mod = ROOT / "src" / Path(*name.split("."))
+                if not (mod.with_suffix(".py").exists() or mod.is_dir()):
+                    continue  # a name imported from a kneeflow module, not a module
+                todo += [p for p in (mod.with_suffix(".py"), mod / "__init__.py") if p.exists()]
+            elif top not in STDLIB and top != "snakemake":
+                found.add(top)
+    return found
+
+
+def _rules_scripts_envs():
+    for smk_file in sorted((ROOT / "rules").glob("*.smk")):
+        text = smk_file.read_text()
+        for block in re.split(r"\nrule ", text)[1:]:
+            name = block.split(":")[0].strip()
+            env = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
+            script = re.search(r'script:\s*\n\s*"([^"]+)"', block)
+            if script:
+                yield name, (smk_file.parent / script.group(1)).resolve(), env and (smk_file.parent / env.group(1)).resolve()
+
+
+def test_every_rule_has_log_and_env_covering_its_imports():
+    checked = 0
+    for rule, script, env in _rules_scripts_envs():
+        assert env is not None and env.exists(), f"rule {rule} has no conda env file"
+        deps = yaml.safe_load(env.read_text())["dependencies"]
+        names = set()
+        for d in deps:
+            if isinstance(d, dict):
+                names |= {re.split(r"[=<>!]", p)[0].strip().lower() for p in d.get("pip", [])}
+            else:
+                names.add(re.split(r"[=<>!]", d)[0].strip().lower())
+        for mod in _third_party(script):
+            pkg = CONDA_NAME.get(mod, mod).lower()
+            assert pkg in names, f"rule {rule}: {script.name} imports {mod} but {env.name} lacks {pkg}"
+        checked += 1
+    assert checked >= 8
+
+
+# ---------------------------------------------------------------------------------------- a real run
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    """Run the demo workflow on 3 knees in a scratch working directory."""
+    wd = tmp_path_factory.mktemp("demo")
+    shutil.copytree(ROOT / "config", wd / "config")
+    sheet = pd.read_csv(ROOT / "config" / "demo_samples.tsv", sep="\t", dtype=str)
+    sheet = sheet[sheet["sample"].isin(["knee01", "knee02", "knee14"])]
+    sheet.to_csv(wd / "config" / "small.tsv", sep="\t", index=False)
+    cfg = {"samples": "config/small.tsv", "demo": {"activate": True, "spacing_mm": 0.7},
+           "mesh": {"n_points": {"femur": 8000, "tibia": 8000, "patella": 4000}}}
+    (wd / "config" / "small.yaml").write_text(yaml.safe_dump(cfg))
+    r = smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/small.yaml", "--cores", "2",
+            cwd=wd, timeout=1200)
+    return wd, r
+
+
+@pytest.mark.slow
+def test_small_demo_matches_truth(small_demo):
+    wd, _ = small_demo
+    th = pd.read_csv(wd / "results" / "tables" / "thickness.csv")
+    t2 = pd.read_csv(wd / "results" / "tables" / "t2.csv")
+    assert sorted(th["sample"].unique()) == ["knee01", "knee02", "knee14"]
+    for s in th["sample"].unique():
+        truth = json.loads((wd / "results" / "demo" / s / "truth.json").read_text())
+        m = th[(th["sample"] == s) & (th.stat == "mean")].set_index("region").value_mm
+        for region, value in truth["thickness_mm"].items():
+            assert abs(m[region] - value) <= 0.15, (s, region, m[region], value)
+        med = t2[(t2["sample"] == s) & (t2.stat == "median") & (t2.layer == "all")].set_index("region").value
+        assert med["femoral_cartilage"] == pytest.approx(truth["t2_ms"]["femoral_cartilage"], rel=0.15)
+    qc = pd.read_csv(wd / "results" / "tables" / "qc.csv")
+    assert len(qc) == 3 and set(qc.n_echoes) == {0}
+    meshes = sorted(p.name for p in (wd / "results" / "knee01" / "meshes").iterdir())
+    assert {"femur.vtk", "tibia.vtk", "patella.vtk", "femoral_cartilage.vtk"} <= set(meshes)
+    assert (wd / "results" / "knee01" / "labels" / "provided.nrrd").exists()
+
+
+@pytest.mark.slow
+def test_rerun_is_bit_identical(small_demo):
+    wd, _ = small_demo
+    before = (wd / "results" / "tables" / "thickness.csv").read_bytes()
+    before_t2 = (wd / "results" / "tables" / "t2.csv").read_bytes()
+    smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/small.yaml", "--cores", "2",
+        "--forcerun", "thickness", "t2", cwd=wd, timeout=1200)
+    assert (wd / "results" / "tables" / "thickness.csv").read_bytes() == before
+    assert (wd / "results" / "tables" / "t2.csv").read_bytes() == before_t2
