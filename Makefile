@@ -14,7 +14,16 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install -q -c constraints.txt --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+# pymskt's reference knee for femoral cartilage subregions: inside the mskt sdist on PyPI (pymskt
+# itself would download it from GitHub at run time)
+REF := .cache/pymskt_data/right_knee_example.nrrd
+$(REF): | $(STAMP)
+	mkdir -p .cache/mskt $(dir $(REF))
+	$(PY) -m pip download -q --no-deps --no-build-isolation --no-binary :all: mskt==0.1.22 -d .cache/mskt
+	tar -xzf .cache/mskt/mskt-0.1.22.tar.gz -C .cache/mskt mskt-0.1.22/data/right_knee_example.nrrd
+	mv .cache/mskt/mskt-0.1.22/data/right_knee_example.nrrd $(REF)
+
+install: $(STAMP) $(REF)
 
 demo: install
 	$(VENV)/bin/snakemake --configfile config/demo.yaml --cores $(CORES) --keep-going --rerun-incomplete

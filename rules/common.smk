@@ -62,6 +62,13 @@ def labels_path(wc):
     return f"results/{wc.sample}/labels/provided.nii.gz"
 
 
+def regions_path(wc):
+    """Label map with femoral subregions (11-15) when configured, else the canonical labels."""
+    if config["thickness"].get("femoral_subregions", False):
+        return f"results/{wc.sample}/labels/subregions.nii.gz"
+    return labels_path(wc)
+
+
 def all_targets():
     t = []
     with_labels = [s for s in IDS if has_labels(s)]

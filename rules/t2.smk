@@ -5,7 +5,7 @@ rule t2:
     input:
         echoes="results/{sample}/echoes.nii.gz",
         times="results/{sample}/echoes.json",
-        labels=labels_path,
+        labels=regions_path,
     output:
         t2map="results/{sample}/t2map.nii.gz",
         table="results/{sample}/t2.csv",

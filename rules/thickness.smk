@@ -3,7 +3,7 @@
 
 rule thickness:
     input:
-        labels=labels_path,
+        labels=regions_path,
     output:
         meshes=directory("results/{sample}/meshes"),
         table="results/{sample}/thickness.csv",
@@ -26,3 +26,25 @@ rule thickness:
         ray_out=config["thickness"]["ray_out_mm"],
     script:
         "../scripts/thickness.py"
+
+
+rule subregions:
+    input:
+        labels=labels_path,
+    output:
+        labels="results/{sample}/labels/subregions.nii.gz",
+    log:
+        "results/logs/subregions/{sample}.log",
+    benchmark:
+        "results/benchmarks/subregions/{sample}.tsv"
+    conda:
+        "../envs/mesh.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 3000 * attempt,
+        runtime=lambda wc, attempt: 20 * attempt,
+    params:
+        reference=config["thickness"].get("subregion_reference", ""),
+        shrink=config["thickness"].get("subregion_reference_shrink", 2),
+    script:
+        "../scripts/subregions.py"

@@ -43,7 +43,7 @@ def test_demo_dry_run_plans_every_enabled_stage():
     r = smk("-n", "--forceall", "--configfile", "config/demo.yaml")
     jobs = _planned(r.stdout + r.stderr)
     n = len(pd.read_csv(ROOT / "config" / "demo_samples.tsv", sep="\t"))
-    for rule in ("phantom", "ingest", "ingest_echoes", "import_labels", "thickness", "t2"):
+    for rule in ("phantom", "ingest", "ingest_echoes", "import_labels", "subregions", "thickness", "t2"):
         assert jobs.get(rule) == n, (rule, jobs)
     for rule in ("table_thickness", "table_t2", "table_qc", "all"):
         assert jobs.get(rule) == 1, (rule, jobs)
@@ -71,7 +71,7 @@ def test_bad_sheet_stops_before_any_job(tmp_path):
 
 # import name -> the conda package that provides it
 CONDA_NAME = {"SimpleITK": "simpleitk", "skimage": "scikit-image", "yaml": "pyyaml", "sklearn": "scikit-learn",
-              "PIL": "pillow", "vtkmodules": "vtk"}
+              "PIL": "pillow", "vtkmodules": "vtk", "pymskt": "mskt"}
 STDLIB = set(sys.stdlib_module_names)
 
 

@@ -65,6 +65,8 @@ DESS_INTENSITY = {
 #: cartilage thins over this distance (mm) towards its margins, down to EDGE_FLOOR x its thickness
 EDGE_TAPER_MM = 2.0
 EDGE_FLOOR = 0.5
+#: posterior slope of the tibial plateau (rise per mm anterior; ~6 degrees, as in real knees)
+TIBIAL_SLOPE = 0.10
 ECHO_TIMES_MS = tuple(float(10 * i) for i in range(1, 9))
 
 
@@ -210,8 +212,8 @@ def femur_sdf(parts: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _plateau_top(p: KneeParams, u, v):
-    """Height (w) of the tibial plateau: concave medial, flat/convex lateral, central spines."""
-    top = -p.gap / 2 + 0.0 * u
+    """Height (w) of the tibial plateau: posterior slope, concave medial, convex lateral, central spines."""
+    top = -p.gap / 2 + TIBIAL_SLOPE * (v - p.v_cond)
     top = top - 1.2 * np.exp(-((u - p.u_med) ** 2 + (v - p.v_cond) ** 2) / (2 * 9.0**2))
     top = top + 0.6 * np.exp(-((u - p.u_lat) ** 2 + (v - p.v_cond) ** 2) / (2 * 9.0**2))
     top = top + 5.0 * np.exp(-(u**2) / (2 * 2.2**2) - (v - p.v_cond) ** 2 / (2 * 5.0**2))
@@ -294,10 +296,10 @@ def _tibial_field(p: KneeParams, u, v, w) -> tuple[np.ndarray, np.ndarray, np.nd
     top = _plateau_top(p, u, v)
     on_top = np.abs(w - top) < 0.8
     ph = p.thick_phase
-    e_med = np.minimum((1 - np.hypot((u - p.u_med) / 13.0, (v - p.v_cond) / 17.0)) * 13.0, u - 4.5)
-    e_lat = np.minimum((1 - np.hypot((u - p.u_lat) / 12.0, (v - p.v_cond) / 16.0)) * 12.0, -4.5 - u)
+    e_med = np.minimum((1 - np.hypot((u - p.u_med) / 13.0, (v - p.v_cond) / 17.0)) * 13.0, u - 6.0)
+    e_lat = np.minimum((1 - np.hypot((u - p.u_lat) / 12.0, (v - p.v_cond) / 16.0)) * 12.0, -6.0 - u)
     t_med = p.thick_base["tibial_med"] * (1 + 0.15 * np.sin(0.2 * v + ph[3]) * np.cos(0.2 * u + ph[4]))
-    t_med = t_med * (1 - 0.45 * p.oa) * _taper(e_med)
+    t_med = t_med * (1 - 0.35 * p.oa) * _taper(e_med)
     t_lat = p.thick_base["tibial_lat"] * (1 + 0.15 * np.sin(0.2 * v + ph[5]) * np.cos(0.2 * u + ph[6]))
     t = np.where(u > 0, t_med, t_lat * _taper(e_lat))
     return on_top & (e_med > 0), on_top & (e_lat > 0), t

@@ -217,14 +217,15 @@ def qdess_t2(echo1: np.ndarray, echo2: np.ndarray, *, tr_ms: float, te_ms: float
 
 
 def regional_table(sample: str, t2: np.ndarray, labels: np.ndarray, depth: np.ndarray | None,
-                   regions: dict[int, str], info: dict | None = None) -> pd.DataFrame:
+                   regions: dict[str, list[int]], info: dict | None = None) -> pd.DataFrame:
     """Tidy table: sample, region, layer (all/deep/superficial), stat, value (ms; counts as numbers).
 
-    ``depth`` is the relative depth from bone in [0, 1] (0 at the bone); deep is < 0.5.
+    ``regions`` maps a region name to the labels it covers; ``depth`` is the relative depth from
+    bone in [0, 1] (0 at the bone); deep is < 0.5.
     """
     rows = []
-    for lab, name in regions.items():
-        in_region = labels == lab
+    for name, labs in regions.items():
+        in_region = np.isin(labels, labs)
         layers = [("all", in_region)]
         if depth is not None:
             layers += [("deep", in_region & (depth < 0.5)), ("superficial", in_region & (depth >= 0.5))]
@@ -296,8 +297,9 @@ def sample_t2(echoes_img, echo_times_ms, labels_img, sample: str, *, method: str
                        noise_floor_snr=noise_floor_snr, min_ms=min_ms, max_ms=max_ms)
     depth = relative_depth(lab_arr, cart_labels, [CANONICAL[b] for b in BONES], ref.GetSpacing()[::-1])
     present = set(np.unique(lab_arr[mask]).tolist())
-    regions = {CANONICAL[c]: c for c in CARTILAGES}
-    regions.update({v: k for k, v in FEMORAL_SUBREGIONS.items() if v in present})
+    regions = {c: [CANONICAL[c]] for c in CARTILAGES}
+    regions["femoral_cartilage"] += list(FEMORAL_SUBREGIONS.values())
+    regions.update({k: [v] for k, v in FEMORAL_SUBREGIONS.items() if v in present})
     table = regional_table(sample, t2, lab_arr, depth, regions, info)
     out = sitk.GetImageFromArray(t2)
     out.CopyInformation(ref)

@@ -182,10 +182,12 @@ def measure_knee(labels_img, sample: str, *, n_points: dict[str, int] | None = N
         fields = {}
         for plate in plates:
             lab = CANONICAL[plate]
-            if lab not in present:
+            # femoral cartilage may already be split into subregions 11-15: mesh them as one plate
+            members = [lab] + (list(FEMORAL_SUBREGIONS.values()) if plate == "femoral_cartilage" else [])
+            if not present & set(members):
                 log.warning("%s: %s is absent from the label map; its thickness is NaN", source, plate)
                 continue
-            fields[lab] = M.cartilage_field(labels_img, [lab], cartilage_smooth_var_mm2, name=plate, source=source)
+            fields[lab] = M.cartilage_field(labels_img, members, cartilage_smooth_var_mm2, name=plate, source=source)
             meshes[plate] = M.iso_surface(fields[lab])
         names = {CANONICAL[p]: p for p in plates}
         overall = None
