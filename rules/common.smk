@@ -2,6 +2,7 @@
 from snakemake.exceptions import WorkflowError
 
 from kneeflow.labels import BUILTIN_CONVENTIONS
+from kneeflow.provenance import library_hash
 from kneeflow.rule import export_src_path
 from kneeflow.samples import SampleSheetError, load_samples
 
@@ -41,6 +42,52 @@ wildcard_constraints:
     sample="[A-Za-z0-9_-]+",
 
 
+SEG = config.get("segmentation", {"activate": False})
+MODELS = list(SEG.get("models", {})) if SEG.get("activate") else []
+DEVICE = "cuda" if config.get("resources", {}).get("gpu", False) else "cpu"
+# GPU stages ask SLURM for a GPU (the executor plugin's `gpu` resource) when the config says so
+GPU_RESOURCES = (
+    {
+        "gpu": 1,
+        "slurm_partition": config["resources"].get("gpu_partition", "gpu"),
+        **(
+            {"gpu_model": config["resources"]["gpu_model"]}
+            if config["resources"].get("gpu_model")
+            else {}
+        ),
+    }
+    if DEVICE == "cuda"
+    else {}
+)
+TRAIN_IDS = [
+    s
+    for s in IDS
+    if SAMPLES.at[s, "split"] != "test" and SAMPLES.at[s, "labels"] is not None
+]
+_n_val = min(SEG.get("validation_cases", 1), max(len(TRAIN_IDS) - 1, 0))
+VAL_IDS = TRAIN_IDS[len(TRAIN_IDS) - _n_val :]
+FIT_IDS = TRAIN_IDS[: len(TRAIN_IDS) - _n_val]
+SEGMENT_IDS = [
+    s
+    for s in IDS
+    if SAMPLES.at[s, "image"] is not None
+    and (SAMPLES.at[s, "split"] == "test" or SAMPLES.at[s, "labels"] is None)
+]
+DICE_IDS = [s for s in SEGMENT_IDS if SAMPLES.at[s, "reference_labels"] is not None]
+
+
+def model_cfg(name):
+    return SEG["models"][name]
+
+
+def segment_batches():
+    """(model, batch index, sample ids): one job loads a model once and segments a batch."""
+    n = max(1, int(SEG.get("batch_size", 8)))
+    for m in MODELS:
+        for b in range(0, len(SEGMENT_IDS), n):
+            yield m, b // n, SEGMENT_IDS[b : b + n]
+
+
 def row(wc):
     return SAMPLES.loc[wc.sample]
 
@@ -58,8 +105,14 @@ def has_labels(s):
 
 
 def labels_path(wc):
-    """The sample's canonical label map: imported from the sheet (segmentation skipped)."""
-    return f"results/{wc.sample}/labels/provided.nii.gz"
+    """The label map analyses use: the sheet's own (imported) if given, else the first model's."""
+    if has_labels(wc.sample) or not MODELS:
+        return f"results/{wc.sample}/labels/provided.nii.gz"
+    return f"results/{wc.sample}/labels/{MODELS[0]}.nii.gz"
+
+
+def has_any_labels(s):
+    return has_labels(s) or (bool(MODELS) and s in SEGMENT_IDS)
 
 
 def regions_path(wc):
@@ -69,10 +122,11 @@ def regions_path(wc):
     return labels_path(wc)
 
 
-def all_targets():
+def cohort_tables():
     t = []
-    with_labels = [s for s in IDS if has_labels(s)]
-    t += [f"results/{s}/qc.json" for s in IDS if has_image(s)]
+    with_labels = [s for s in IDS if has_any_labels(s)]
+    if MODELS and DICE_IDS:
+        t.append("results/tables/dice.csv")
     if config["thickness"]["activate"] and with_labels:
         t.append("results/tables/thickness.csv")
     if config["t2"]["activate"] and any(has_echoes(s) for s in with_labels):
@@ -80,3 +134,8 @@ def all_targets():
     if any(has_image(s) for s in IDS):
         t.append("results/tables/qc.csv")
     return t
+
+
+def all_targets():
+    t = [f"results/{s}/qc.json" for s in IDS if has_image(s)]
+    return t + cohort_tables() + ["results/provenance.tsv"]

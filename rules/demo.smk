@@ -19,6 +19,7 @@ rule phantom:
         mem_mb=lambda wc, attempt: 2000 * attempt,
         runtime=lambda wc, attempt: 10 * attempt,
     params:
+        lib=library_hash("phantom"),
         seed=lambda wc: int(row(wc)["seed"]),
         side=lambda wc: row(wc)["side"],
         oa=lambda wc: float(row(wc)["oa_severity"] or 0.0),

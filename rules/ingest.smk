@@ -17,6 +17,8 @@ rule ingest:
     resources:
         mem_mb=lambda wc, attempt: 2000 * attempt,
         runtime=lambda wc, attempt: 10 * attempt,
+    params:
+        lib=library_hash("io"),
     script:
         "../scripts/ingest.py"
 
@@ -35,5 +37,7 @@ rule ingest_echoes:
     resources:
         mem_mb=lambda wc, attempt: 3000 * attempt,
         runtime=lambda wc, attempt: 10 * attempt,
+    params:
+        lib=library_hash("io"),
     script:
         "../scripts/ingest_echoes.py"

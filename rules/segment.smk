@@ -19,7 +19,110 @@ rule import_labels:
         mem_mb=lambda wc, attempt: 2000 * attempt,
         runtime=lambda wc, attempt: 10 * attempt,
     params:
+        lib=library_hash("io", "labels"),
         convention=lambda wc: row(wc)["label_convention"],
         extra_conventions=config.get("label_conventions", {}),
     script:
         "../scripts/import_labels.py"
+
+
+rule train_model:
+    input:
+        images=lambda wc: [f"results/{s}/image.nii.gz" for s in TRAIN_IDS],
+        labels=lambda wc: [f"results/{s}/labels/provided.nii.gz" for s in TRAIN_IDS],
+    output:
+        checkpoint="results/models/{model}/checkpoint.pt",
+        metrics=report(
+            "results/models/{model}/metrics.csv",
+            caption="../report/metrics.rst",
+            category="Segmentation",
+        ),
+        config="results/models/{model}/config.yaml",
+    log:
+        "results/logs/train_model/{model}.log",
+    benchmark:
+        "results/benchmarks/train_model/{model}.tsv"
+    conda:
+        "../envs/segment.yaml"
+    threads: 2
+    resources:
+        **GPU_RESOURCES,
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 240 * attempt,
+    params:
+        lib=library_hash("training", "models", "inference"),
+        train=lambda wc: model_cfg(wc.model)["train"],
+        train_images=lambda wc: [f"results/{s}/image.nii.gz" for s in FIT_IDS],
+        train_labels=lambda wc: [f"results/{s}/labels/provided.nii.gz" for s in FIT_IDS],
+        val_images=lambda wc: [f"results/{s}/image.nii.gz" for s in VAL_IDS],
+        val_labels=lambda wc: [f"results/{s}/labels/provided.nii.gz" for s in VAL_IDS],
+        device=DEVICE,
+    script:
+        "../scripts/train_model.py"
+
+
+for _model, _batch, _ids in segment_batches():
+
+    rule:
+        name:
+            f"segment_{_model}_{_batch}"
+        input:
+            checkpoint=f"results/models/{_model}/checkpoint.pt",
+            images=[f"results/{s}/image.nii.gz" for s in _ids],
+        output:
+            nii=[f"results/{s}/labels/{_model}.nii.gz" for s in _ids],
+            nrrd=[f"results/{s}/labels/{_model}.nrrd" for s in _ids],
+        log:
+            f"results/logs/segment/{_model}_{_batch}.log",
+        benchmark:
+            f"results/benchmarks/segment/{_model}_{_batch}.tsv"
+        conda:
+            "../envs/segment.yaml"
+        threads: 2
+        resources:
+            **GPU_RESOURCES,
+            mem_mb=lambda wc, attempt: 6000 * attempt,
+            runtime=lambda wc, attempt: 60 * attempt,
+        params:
+            lib=library_hash("inference", "models"),
+            device=DEVICE,
+            mirror=config["segmentation"].get("mirror", True),
+        script:
+            "../scripts/segment.py"
+
+
+rule dice:
+    input:
+        pred=lambda wc: [f"results/{s}/labels/{wc.model}.nii.gz" for s in DICE_IDS],
+        ref=lambda wc: [SAMPLES.at[s, "reference_labels"] for s in DICE_IDS],
+    output:
+        table="results/tables/dice_{model}.csv",
+    log:
+        "results/logs/dice/{model}.log",
+    conda:
+        "../envs/segment.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=lambda wc, attempt: 20 * attempt,
+    params:
+        samples=DICE_IDS,
+        model=lambda wc: wc.model,
+    script:
+        "../scripts/dice.py"
+
+
+rule table_dice:
+    input:
+        tables=[f"results/tables/dice_{m}.csv" for m in MODELS],
+    output:
+        table=report(
+            "results/tables/dice.csv", caption="../report/dice.rst", category="Tables"
+        ),
+    log:
+        "results/logs/tables/dice.log",
+    localrule: True
+    conda:
+        "../envs/base.yaml"
+    script:
+        "../scripts/aggregate.py"

@@ -20,6 +20,7 @@ rule t2:
         mem_mb=lambda wc, attempt: 3000 * attempt,
         runtime=lambda wc, attempt: 20 * attempt,
     params:
+        lib=library_hash("t2", "io", "labels"),
         method=config["t2"]["method"],
         drop_first_echo=config["t2"].get("drop_first_echo", False),
         noise_floor_snr=config["t2"].get("noise_floor_snr", 0.0),

@@ -3,7 +3,9 @@
 
 rule table_thickness:
     input:
-        tables=lambda wc: [f"results/{s}/thickness.csv" for s in IDS if has_labels(s)],
+        tables=lambda wc: [
+            f"results/{s}/thickness.csv" for s in IDS if has_any_labels(s)
+        ],
     output:
         table=report(
             "results/tables/thickness.csv",
@@ -22,7 +24,7 @@ rule table_thickness:
 rule table_t2:
     input:
         tables=lambda wc: [
-            f"results/{s}/t2.csv" for s in IDS if has_labels(s) and has_echoes(s)
+            f"results/{s}/t2.csv" for s in IDS if has_any_labels(s) and has_echoes(s)
         ],
     output:
         table=report(
@@ -51,3 +53,17 @@ rule table_qc:
         samples=lambda wc: [s for s in IDS if has_image(s)],
     script:
         "../scripts/qc_table.py"
+
+
+rule provenance:
+    input:
+        tables=lambda wc: cohort_tables(),
+    output:
+        tsv="results/provenance.tsv",
+    log:
+        "results/logs/tables/provenance.log",
+    localrule: True
+    conda:
+        "../envs/base.yaml"
+    script:
+        "../scripts/provenance.py"

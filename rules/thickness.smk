@@ -18,6 +18,7 @@ rule thickness:
         mem_mb=lambda wc, attempt: 3000 * attempt,
         runtime=lambda wc, attempt: 20 * attempt,
     params:
+        lib=library_hash("thickness", "mesh", "labels", "io"),
         n_points=config["mesh"]["n_points"],
         bone_var=config["mesh"]["bone_smooth_var_mm2"],
         cart_var=config["mesh"]["cartilage_smooth_var_mm2"],
@@ -44,6 +45,7 @@ rule subregions:
         mem_mb=lambda wc, attempt: 3000 * attempt,
         runtime=lambda wc, attempt: 20 * attempt,
     params:
+        lib=library_hash("subregions", "io"),
         reference=config["thickness"].get("subregion_reference", ""),
         shrink=config["thickness"].get("subregion_reference_shrink", 2),
     script:

@@ -11,6 +11,9 @@ from collections.abc import Callable
 def run(snakemake, main: Callable[[object], None]) -> None:
     """Run ``main(snakemake)`` with logging routed to ``snakemake.log[0]``.
 
+    After success each output gets a provenance sidecar ``<output>.prov.json`` (see
+    :mod:`kneeflow.provenance`); ``main`` may return {weights file: sha256} to record.
+
     On failure the log and stderr get one line ``ERROR <rule> <wildcards>: <message>`` (the message
     names the file and the problem), the traceback follows in the log only, and the job exits 1, so
     Snakemake deletes the job's outputs and ``--keep-going`` carries on with the other samples.
@@ -25,7 +28,12 @@ def run(snakemake, main: Callable[[object], None]) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     wc = ",".join(f"{k}={v}" for k, v in dict(snakemake.wildcards).items())
     try:
-        main(snakemake)
+        weights = main(snakemake)
+        from kneeflow import provenance
+
+        rec = provenance.record(snakemake.rule, dict(snakemake.wildcards.items()), list(snakemake.input),
+                                dict(snakemake.params.items()), weights if isinstance(weights, dict) else None)
+        provenance.write_sidecars(rec, list(snakemake.output))
     except Exception as e:  # noqa: BLE001 - reported in one line, then the job fails
         msg = " ".join(str(e).split("\n")[0].split())
         line = f"ERROR {snakemake.rule} {wc}: {msg}"

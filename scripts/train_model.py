@@ -1,0 +1,16 @@
+"""Train a registry network on the training split; resumable (checkpoint_last.pt)."""
+
+from pathlib import Path
+
+from kneeflow.rule import run
+from kneeflow.training import TrainConfig, train
+
+
+def main(sm):
+    p = sm.params
+    cfg = TrainConfig(**p.train)
+    train(list(zip(p.train_images, p.train_labels)), list(zip(p.val_images, p.val_labels)),
+          Path(sm.output.checkpoint).parent, cfg, device=p.device)
+
+
+run(snakemake, main)  # noqa: F821

@@ -1,0 +1,148 @@
+"""Provenance records: what produced a result, from what, with which code, packages and device.
+
+Every rule script (through :func:`kneeflow.rule.run`) writes ``<output>.prov.json`` beside each of
+its outputs after success: the inputs' sha256, the rule's parameters and wildcards, the kneeflow
+version and git commit (and whether the tree was dirty), the versions of the packages loaded in the
+job, model weights' sha256 when the rule used any, and the device. ``results/provenance.tsv``
+gathers the records of the result tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import kneeflow
+
+#: distributions reported when their module was loaded by the job
+PACKAGES = {
+    "numpy": "numpy", "scipy": "scipy", "pandas": "pandas", "SimpleITK": "SimpleITK", "pydicom": "pydicom",
+    "nibabel": "nibabel", "vtk": "vtk", "pyvista": "pyvista", "pyacvd": "pyacvd", "pymeshfix": "pymeshfix",
+    "pymskt": "mskt", "skimage": "scikit-image", "torch": "torch", "monai": "monai", "nnunetv2": "nnunetv2",
+    "onnx": "onnx", "onnxruntime": "onnxruntime", "coremltools": "coremltools", "matplotlib": "matplotlib",
+    "seaborn": "seaborn", "snakemake": "snakemake",
+}
+LIB = Path(kneeflow.__file__).resolve().parent
+
+
+def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, or of a folder's files (sorted relative paths and contents)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    if p.is_dir():
+        for f in sorted(x for x in p.rglob("*") if x.is_file() and not x.name.endswith(".prov.json")):
+            h.update(str(f.relative_to(p)).encode())
+            h.update(sha256(f).encode())
+        return h.hexdigest()
+    with open(p, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def library_hash(*modules: str) -> str:
+    """Short hash of kneeflow modules' source (e.g. "thickness", "mesh"): a rule parameter, so that a
+    change to the code a rule runs makes Snakemake plan that rule again (``--list-changes params``)."""
+    h = hashlib.sha256()
+    for m in sorted(modules):
+        h.update((LIB / f"{m}.py").read_bytes())
+    return h.hexdigest()[:12]
+
+
+def git_commit(repo: str | os.PathLike | None = None) -> dict:
+    repo = Path(repo or LIB.parents[1])
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return {"commit": None, "dirty": None}
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "kneeflow": kneeflow.__version__}
+    for mod, dist in PACKAGES.items():
+        if mod in sys.modules:
+            try:
+                out[dist] = md.version(dist)
+            except md.PackageNotFoundError:
+                out[dist] = getattr(sys.modules[mod], "__version__", "unknown")
+    return out
+
+
+def device() -> dict:
+    d = {"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        d["gpu"] = torch.cuda.get_device_name(0)
+    return d
+
+
+def _jsonable(v):
+    try:
+        json.dumps(v)
+        return v
+    except TypeError:
+        if isinstance(v, dict):
+            return {str(k): _jsonable(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [_jsonable(x) for x in v]
+        return str(v)
+
+
+def record(rule: str, wildcards: dict, inputs: list[str], params: dict, weights: dict[str, str] | None = None) -> dict:
+    return {
+        "rule": rule,
+        "wildcards": dict(wildcards),
+        "inputs": {str(f): sha256(f) for f in inputs if Path(f).exists()},
+        "params": _jsonable(params),
+        "code": {"kneeflow": kneeflow.__version__, **git_commit()},
+        "packages": package_versions(),
+        "weights_sha256": weights or {},
+        "device": device(),
+    }
+
+
+def write_sidecars(rec: dict, outputs: list[str]) -> None:
+    """Write ``<output>.prov.json`` (with the output's own sha256) beside each output."""
+    for out in outputs:
+        p = Path(out)
+        if not p.exists():
+            continue
+        side = p.parent / f"{p.name}.prov.json"
+        tmp = side.with_name(f".{side.name}.part")
+        tmp.write_text(json.dumps({**rec, "output": str(p), "output_sha256": sha256(p)}, indent=1, sort_keys=True))
+        os.replace(tmp, side)
+
+
+def gather(tables: list[str]) -> list[dict]:
+    """One row per table: its sidecar's key facts (for results/provenance.tsv)."""
+    rows = []
+    for t in tables:
+        side = Path(f"{t}.prov.json")
+        if not side.exists():
+            raise FileNotFoundError(f"{t}: no provenance record beside it ({side.name})")
+        r = json.loads(side.read_text())
+        rows.append({
+            "output": t, "output_sha256": r["output_sha256"], "rule": r["rule"],
+            "n_inputs": len(r["inputs"]), "inputs_sha256": sha256_of_dict(r["inputs"]),
+            "params": json.dumps(r["params"], sort_keys=True), "kneeflow": r["code"]["kneeflow"],
+            "git_commit": r["code"]["commit"], "git_dirty": r["code"]["dirty"],
+            "packages": ";".join(f"{k}={v}" for k, v in sorted(r["packages"].items())),
+            "weights_sha256": json.dumps(r["weights_sha256"], sort_keys=True), "device": r["device"].get("gpu", "cpu"),
+            "host": r["device"].get("host"),
+        })
+    return rows
+
+
+def sha256_of_dict(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
