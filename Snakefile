@@ -25,6 +25,7 @@ include: "rules/segment.smk"
 include: "rules/thickness.smk"
 include: "rules/t2.smk"
 include: "rules/tables.smk"
+include: "rules/figures.smk"
 
 
 rule all:

@@ -136,6 +136,51 @@ def cohort_tables():
     return t
 
 
+PLACEHOLDERS = {
+    "bscore": (
+        "BScore by group and vs OA severity",
+        "the shape model (NSM/BScore) stage is not in this workflow yet",
+    ),
+    "export_parity": (
+        "Export parity per architecture and format",
+        "the ONNX/CoreML export stage is not in this workflow yet",
+    ),
+}
+
+
+def sample_meta():
+    cols = ["sample", "group", "kl_grade", "side"]
+    return {c: [None if v is None else str(v) for v in SAMPLES[c]] for c in cols}
+
+
+def fig_outputs(name):
+    """png (in the report, with its caption), pdf and the plotted data as csv."""
+    return {
+        "png": report(
+            f"results/figures/{name}.png",
+            caption=f"../report/fig_{name}.rst",
+            category="Figures",
+        ),
+        "pdf": f"results/figures/{name}.pdf",
+        "csv": f"results/figures/{name}.csv",
+    }
+
+
+def figure_targets():
+    if not config.get("figures", {}).get("activate", True):
+        return []
+    names = ["runtime_per_rule", "bscore", "export_parity"]
+    if "results/tables/thickness.csv" in cohort_tables():
+        names += ["thickness_by_group", "femoral_thickness_maps"]
+    if "results/tables/t2.csv" in cohort_tables():
+        names.append("t2_by_group")
+    if MODELS:
+        names.append("training_curves")
+        if DICE_IDS:
+            names.append("dice")
+    return [f"results/figures/{n}.png" for n in names]
+
+
 def all_targets():
     t = [f"results/{s}/qc.json" for s in IDS if has_image(s)]
-    return t + cohort_tables() + ["results/provenance.tsv"]
+    return t + cohort_tables() + ["results/provenance.tsv"] + figure_targets()

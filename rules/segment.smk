@@ -42,6 +42,8 @@ rule train_model:
         "results/logs/train_model/{model}.log",
     benchmark:
         "results/benchmarks/train_model/{model}.tsv"
+    # on the critical path of the demo: start it as soon as its inputs exist
+    priority: 50
     conda:
         "../envs/segment.yaml"
     threads: 2

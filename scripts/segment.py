@@ -8,7 +8,8 @@ from kneeflow.rule import run
 
 
 def main(sm):
-    seg = Segmenter.from_checkpoint(sm.input.checkpoint, device=sm.params.device, mirror=sm.params.mirror)
+    seg = Segmenter.from_checkpoint(sm.input.checkpoint, device=models.resolve_device(sm.params.device),
+                                    mirror=sm.params.mirror)
     for img_path, nii, nrrd in zip(sm.input.images, sm.output.nii, sm.output.nrrd):
         logging.getLogger("segment").info("segmenting %s", img_path)
         lab = seg.predict(io.read_volume(img_path))

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from kneeflow.models import resolve_device
 from kneeflow.rule import run
 from kneeflow.training import TrainConfig, train
 
@@ -10,7 +11,7 @@ def main(sm):
     p = sm.params
     cfg = TrainConfig(**p.train)
     train(list(zip(p.train_images, p.train_labels)), list(zip(p.val_images, p.val_labels)),
-          Path(sm.output.checkpoint).parent, cfg, device=p.device)
+          Path(sm.output.checkpoint).parent, cfg, device=resolve_device(p.device))
 
 
 run(snakemake, main)  # noqa: F821

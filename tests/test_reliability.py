@@ -238,7 +238,7 @@ def test_training_resumes_after_kill_with_identical_weights(tmp_path):
     b, _ = models.load_checkpoint(out / "checkpoint.pt")
     for k in a:
         assert np.array_equal(a[k].numpy(), b[k].numpy()), k
-    assert (ref / "metrics.csv").read_text().count("\n") == (out / "metrics.csv").read_text().count("\n") == 4
+    assert (ref / "metrics.csv").read_text() .count("\n") == (out / "metrics.csv").read_text().count("\n") == 4
 
 
 # ---------------------------------------------------------------------------------------- safe loading

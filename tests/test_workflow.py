@@ -185,3 +185,33 @@ def test_rerun_is_bit_identical(small_demo):
         "--forcerun", "thickness", "t2", cwd=wd, timeout=1200)
     assert (wd / "results" / "tables" / "thickness.csv").read_bytes() == before
     assert (wd / "results" / "tables" / "t2.csv").read_bytes() == before_t2
+
+
+@pytest.mark.slow
+def test_changing_one_parameter_plans_only_its_dependents(small_demo):
+    wd, _ = small_demo
+    r = smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/small.yaml", "-n", cwd=wd)
+    assert "Nothing to be done" in r.stdout + r.stderr
+    cfg = yaml.safe_load((wd / "config" / "small.yaml").read_text())
+    cfg["thickness"] = {**yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["thickness"], "ray_out_mm": 9.0}
+    (wd / "config" / "changed.yaml").write_text(yaml.safe_dump(cfg))
+    r = smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/changed.yaml", "-n", cwd=wd)
+    jobs = _planned(r.stdout + r.stderr)
+    assert jobs == {"thickness": 3, "table_thickness": 1, "provenance": 1, "all": 1, "total": 6}, jobs
+    assert "Params have changed since last execution" in r.stdout + r.stderr
+    changes = smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/changed.yaml",
+                  "--list-changes", "params", cwd=wd).stdout
+    assert sorted(set(re.findall(r"results/knee\d+/thickness.csv", changes))) == [
+        f"results/{s}/thickness.csv" for s in ("knee01", "knee02", "knee14")]
+
+
+def test_every_table_has_a_provenance_record(small_demo):
+    wd, _ = small_demo
+    prov = pd.read_csv(wd / "results" / "provenance.tsv", sep="\t")
+    tables = sorted(str(p.relative_to(wd)) for p in (wd / "results" / "tables").glob("*.csv"))
+    assert sorted(prov.output) == tables
+    rec = json.loads((wd / "results" / "knee01" / "thickness.csv.prov.json").read_text())
+    assert rec["rule"] == "thickness" and rec["params"]["ray_out_mm"] == 10.0
+    assert all(len(h) == 64 for h in rec["inputs"].values()) and rec["inputs"]
+    assert rec["packages"]["vtk"] and rec["code"]["kneeflow"]
+    assert len(rec["code"]["commit"] or "") == 40

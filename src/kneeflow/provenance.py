@@ -84,6 +84,13 @@ def device() -> dict:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         d["gpu"] = torch.cuda.get_device_name(0)
+    slurm = {k[6:].lower(): v for k, v in os.environ.items()
+             if k in ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_MEM_PER_NODE",
+                      "SLURM_RESTART_COUNT")}
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        slurm["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    if slurm:
+        d["slurm"] = slurm
     return d
 
 
@@ -116,8 +123,8 @@ def write_sidecars(rec: dict, outputs: list[str]) -> None:
     """Write ``<output>.prov.json`` (with the output's own sha256) beside each output."""
     for out in outputs:
         p = Path(out)
-        if not p.exists():
-            continue
+        if not p.exists() or p.suffix in (".png", ".pdf"):
+            continue  # figures: their data .csv carries the record
         side = p.parent / f"{p.name}.prov.json"
         tmp = side.with_name(f".{side.name}.part")
         tmp.write_text(json.dumps({**rec, "output": str(p), "output_sha256": sha256(p)}, indent=1, sort_keys=True))

@@ -193,14 +193,19 @@ def train(train_cases: list[tuple[str, str]], val_cases: list[tuple[str, str]], 
         "num_classes": cfg.num_classes,
         "train_config": json.loads(json.dumps(asdict(cfg))),
     }
-    cfg_key = json.dumps(meta["train_config"], sort_keys=True)
+    # resuming is only right for the same config and the same training/validation cases
+    meta["train_cases"] = [[str(i), str(lbl)] for i, lbl in train_cases]
+    meta["val_cases"] = [[str(i), str(lbl)] for i, lbl in val_cases]
+    cfg_key = json.dumps([meta["train_config"], meta["train_cases"], meta["val_cases"]], sort_keys=True)
     start_epoch = 0
     last = out / "checkpoint_last.pt"
-    metrics_path = out / "metrics.csv"
+    # the running table lives beside checkpoint_last.pt (Snakemake removes declared outputs before a rerun)
+    metrics_path = out / "metrics_last.csv"
     rng = np.random.default_rng(cfg.seed)
     if last.exists():
         state, lmeta = load_checkpoint(last)
-        if json.dumps(lmeta["train_config"], sort_keys=True) == cfg_key:
+        lkey = json.dumps([lmeta["train_config"], lmeta.get("train_cases"), lmeta.get("val_cases")], sort_keys=True)
+        if lkey == cfg_key and metrics_path.exists():
             net.load_state_dict(state)
             opt_state = torch.load(out / "optimizer_last.pt", weights_only=True)
             opt.load_state_dict(opt_state["optimizer"])
@@ -262,6 +267,9 @@ def train(train_cases: list[tuple[str, str]], val_cases: list[tuple[str, str]], 
                  " ".join(f"{k[9:]}={v:.3f}" for k, v in row.items() if k.startswith("val_dice_")), row["seconds"])
     final = out / "checkpoint.pt"
     save_checkpoint(final, net.state_dict(), {**meta, "epoch": cfg.epochs - 1})
+    tmp = out / ".metrics.csv.part"
+    tmp.write_bytes(metrics_path.read_bytes())
+    os.replace(tmp, out / "metrics.csv")
     (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(meta)), sort_keys=True))
     return final
 

@@ -1,0 +1,113 @@
+# The paper's figures (one script each, one style): results/figures/<name>.{png,pdf,csv}.
+
+
+rule fig_thickness:
+    input:
+        table="results/tables/thickness.csv",
+    output:
+        **fig_outputs("thickness_by_group"),
+    log:
+        "results/logs/figures/thickness_by_group.log",
+    localrule: True
+    conda:
+        "../envs/figures.yaml"
+    params:
+        meta=lambda wc: sample_meta(),
+    script:
+        "../scripts/figures/thickness.py"
+
+
+rule fig_thickness_maps:
+    input:
+        meshes=lambda wc: [f"results/{s}/meshes" for s in IDS if has_any_labels(s)],
+    output:
+        **fig_outputs("femoral_thickness_maps"),
+    log:
+        "results/logs/figures/femoral_thickness_maps.log",
+    localrule: True
+    conda:
+        "../envs/figures.yaml"
+    params:
+        samples=lambda wc: [s for s in IDS if has_any_labels(s)],
+        meta=lambda wc: sample_meta(),
+    script:
+        "../scripts/figures/thickness_maps.py"
+
+
+rule fig_t2:
+    input:
+        table="results/tables/t2.csv",
+    output:
+        **fig_outputs("t2_by_group"),
+    log:
+        "results/logs/figures/t2_by_group.log",
+    localrule: True
+    conda:
+        "../envs/figures.yaml"
+    params:
+        meta=lambda wc: sample_meta(),
+    script:
+        "../scripts/figures/t2.py"
+
+
+rule fig_dice:
+    input:
+        table="results/tables/dice.csv",
+    output:
+        **fig_outputs("dice"),
+    log:
+        "results/logs/figures/dice.log",
+    localrule: True
+    conda:
+        "../envs/figures.yaml"
+    script:
+        "../scripts/figures/dice.py"
+
+
+rule fig_training:
+    input:
+        metrics=[f"results/models/{m}/metrics.csv" for m in MODELS],
+    output:
+        **fig_outputs("training_curves"),
+    log:
+        "results/logs/figures/training_curves.log",
+    localrule: True
+    conda:
+        "../envs/figures.yaml"
+    params:
+        models=MODELS,
+    script:
+        "../scripts/figures/training.py"
+
+
+rule fig_runtime:
+    input:
+        tables=lambda wc: cohort_tables(),
+    output:
+        **fig_outputs("runtime_per_rule"),
+    log:
+        "results/logs/figures/runtime_per_rule.log",
+    localrule: True
+    conda:
+        "../envs/figures.yaml"
+    params:
+        bench_dir="results/benchmarks",
+    script:
+        "../scripts/figures/runtime.py"
+
+
+rule fig_placeholder:
+    output:
+        **fig_outputs("{name}"),
+    log:
+        "results/logs/figures/{name}.log",
+    wildcard_constraints:
+        name="bscore|export_parity",
+    localrule: True
+    conda:
+        "../envs/figures.yaml"
+    params:
+        title=lambda wc: PLACEHOLDERS[wc.name][0],
+        what=lambda wc: PLACEHOLDERS[wc.name][1],
+    script:
+        "../scripts/figures/placeholder.py"

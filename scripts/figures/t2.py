@@ -1,0 +1,13 @@
+"""Figure: regional T2, deep and superficial halves, by group."""
+
+import pandas as pd
+
+from kneeflow import figures
+from kneeflow.rule import run
+
+
+def main(sm):
+    figures.t2_by_group(pd.read_csv(sm.input.table), pd.DataFrame(sm.params.meta), sm.output.png)
+
+
+run(snakemake, main)  # noqa: F821

@@ -1,0 +1,13 @@
+"""Figure: regional cartilage thickness by group and KL grade."""
+
+import pandas as pd
+
+from kneeflow import figures
+from kneeflow.rule import run
+
+
+def main(sm):
+    figures.thickness_by_group(pd.read_csv(sm.input.table), pd.DataFrame(sm.params.meta), sm.output.png)
+
+
+run(snakemake, main)  # noqa: F821
