@@ -27,6 +27,7 @@ install: $(STAMP) $(REF)
 
 demo: install
 	$(VENV)/bin/snakemake --configfile config/demo.yaml --cores $(CORES) --keep-going --rerun-incomplete
+	$(VENV)/bin/snakemake --configfile config/demo.yaml --report results/report.html
 
 test: install
 	$(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)

@@ -36,9 +36,9 @@ def make_inputs(data: Path, n: int, spacing: float, rng) -> tuple[list[dict], di
         side = "left" if i % 2 else "right"
         ph = phantom.synthesize(1000 + i, side, float(rng.uniform(0, 1)), spacing=spacing, mese=True)
         phantom.write(ph, d)
-        row = {"sample": s, "side": side, "image": f"../data/{s}/image.nii.gz", "echoes": f"../data/{s}/echoes.nii.gz",
-               "labels": f"../data/{s}/labels.nii.gz", "label_convention": "canonical", "split": "train",
-               "reference_labels": f"../data/{s}/labels.nii.gz"}
+        row = {"sample": s, "side": side, "image": f"../../data/{s}/image.nii.gz", "echoes": f"../../data/{s}/echoes.nii.gz",
+               "labels": f"../../data/{s}/labels.nii.gz", "label_convention": "canonical", "split": "train",
+               "reference_labels": f"../../data/{s}/labels.nii.gz"}
         if i % 10 == 9:  # 10 % bad
             kind = kinds[(i // 10) % len(kinds)]
             bad[s] = kind

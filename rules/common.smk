@@ -39,7 +39,8 @@ IDS = list(SAMPLES.index)
 
 
 wildcard_constraints:
-    sample="[A-Za-z0-9_-]+",
+    # a sample id, never a study-level folder (results/tables/t2.csv is not sample "tables")
+    sample="(?!(models|export|tables|figures|demo|logs|benchmarks|provenance|report)/)[A-Za-z0-9_-]+",
 
 
 SEG = config.get("segmentation", {"activate": False})

@@ -52,9 +52,9 @@ def _study(wd: Path):
         d = data / f"c{i}"
         if not d.exists():
             phantom.write(phantom.synthesize(seed, "right", 0.3 * i, spacing=1.5, mese=True), d)
-        rows.append({"sample": f"c{i}", "side": "right", "image": f"../data/c{i}/image.nii.gz",
-                     "echoes": f"../data/c{i}/echoes.nii.gz", "labels": f"../data/c{i}/labels.nii.gz",
-                     "label_convention": "canonical", "reference_labels": f"../data/c{i}/labels.nii.gz", "split": split})
+        rows.append({"sample": f"c{i}", "side": "right", "image": f"../../data/c{i}/image.nii.gz",
+                     "echoes": f"../../data/c{i}/echoes.nii.gz", "labels": f"../../data/c{i}/labels.nii.gz",
+                     "label_convention": "canonical", "reference_labels": f"../../data/c{i}/labels.nii.gz", "split": split})
     (wd / "config").mkdir(parents=True)
     shutil.copy(ROOT / "config" / "config.yaml", wd / "config" / "config.yaml")
     cols = list(rows[0])

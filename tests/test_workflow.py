@@ -197,7 +197,9 @@ def test_changing_one_parameter_plans_only_its_dependents(small_demo):
     (wd / "config" / "changed.yaml").write_text(yaml.safe_dump(cfg))
     r = smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/changed.yaml", "-n", cwd=wd)
     jobs = _planned(r.stdout + r.stderr)
-    assert jobs == {"thickness": 3, "table_thickness": 1, "provenance": 1, "all": 1, "total": 6}, jobs
+    # the thickness jobs and what reads them (cohort table, provenance, the figures drawn from them)
+    assert jobs == {"thickness": 3, "table_thickness": 1, "provenance": 1, "fig_thickness": 1,
+                    "fig_thickness_maps": 1, "fig_runtime": 1, "all": 1, "total": 9}, jobs
     assert "Params have changed since last execution" in r.stdout + r.stderr
     changes = smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/changed.yaml",
                   "--list-changes", "params", cwd=wd).stdout
@@ -215,3 +217,16 @@ def test_every_table_has_a_provenance_record(small_demo):
     assert all(len(h) == 64 for h in rec["inputs"].values()) and rec["inputs"]
     assert rec["packages"]["vtk"] and rec["code"]["kneeflow"]
     assert len(rec["code"]["commit"] or "") == 40
+
+
+@pytest.mark.slow
+def test_report_builds_with_figures(small_demo):
+    wd, _ = small_demo
+    figs = sorted(p.name for p in (wd / "results" / "figures").glob("*.png"))
+    assert {"thickness_by_group.png", "femoral_thickness_maps.png", "t2_by_group.png", "runtime_per_rule.png"} <= set(figs)
+    smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/small.yaml", "--report",
+        "results/report.html", cwd=wd)
+    html = (wd / "results" / "report.html").read_text(errors="replace")
+    assert len(html) > 100_000
+    for name in ("thickness_by_group", "t2_by_group", "femoral_thickness_maps"):
+        assert name in html, name
