@@ -154,12 +154,12 @@ def sample_meta():
     return {c: [None if v is None else str(v) for v in SAMPLES[c]] for c in cols}
 
 
-def fig_outputs(name):
+def fig_outputs(name, caption=None):
     """png (in the report, with its caption), pdf and the plotted data as csv."""
     return {
         "png": report(
             f"results/figures/{name}.png",
-            caption=f"../report/fig_{name}.rst",
+            caption=f"../report/fig_{caption or name}.rst",
             category="Figures",
         ),
         "pdf": f"results/figures/{name}.pdf",

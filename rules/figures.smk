@@ -98,7 +98,7 @@ rule fig_runtime:
 
 rule fig_placeholder:
     output:
-        **fig_outputs("{name}"),
+        **fig_outputs("{name}", caption="placeholder"),
     log:
         "results/logs/figures/{name}.log",
     wildcard_constraints:

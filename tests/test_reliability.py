@@ -26,7 +26,7 @@ FAST = {"thickness": {"activate": True, "ray_in_mm": 2.5, "ray_out_mm": 10.0, "f
 def _workdir(tmp: Path, rows: list[dict], extra: dict | None = None) -> Path:
     (tmp / "config").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "config" / "config.yaml", tmp / "config" / "config.yaml")
-    cols = ["sample", "side", "image", "sequence", "echoes", "labels", "label_convention", "seed", "oa_severity"]
+    cols = ["sample", "side", "image", "sequence", "echoes", "labels", "label_convention"]
     lines = ["\t".join(cols)] + ["\t".join(str(r.get(c, "")) for c in cols) for r in rows]
     (tmp / "config" / "samples.tsv").write_text("\n".join(lines) + "\n")
     cfg = {"samples": "config/samples.tsv", "allowed_roots": [".."], **FAST, **(extra or {})}
@@ -126,6 +126,24 @@ def corpus(tmp_path_factory):
     # a label map that is not a label map (float intensities)
     sitk.WriteImage(sitk.Cast(img, sitk.sitkFloat32) * 0.37, str(bad_dir / "floatlabels.nii.gz"))
     add("floatlabels", "non-integer values", labels="../../data/bad/floatlabels.nii.gz")
+    # DICOM folders: a missing slice, and two series mixed in one folder (copies of the real MESE series)
+    import pydicom
+
+    from conftest import shared
+
+    mese = shared("pymskt", "MESE_T2_dicom_data_anon")
+    locs = sorted({round(float(pydicom.dcmread(f, stop_before_pixels=True).SliceLocation), 3) for f in mese.iterdir()})
+    for name in ("gap", "mixed"):
+        (bad_dir / name).mkdir()
+    for f in sorted(mese.iterdir()):
+        ds = pydicom.dcmread(f)
+        if round(float(ds.SliceLocation), 3) != locs[10]:
+            ds.save_as(bad_dir / "gap" / f.name)
+        if float(ds.EchoTime) > 40:
+            ds.SeriesInstanceUID = "1.2.826.0.1.3680043.99.1"
+        ds.save_as(bad_dir / "mixed" / f.name)
+    add("dicomgap", "missing slices", image="../../data/bad/gap", sequence="mese")
+    add("dicommixed", "mixed series", image="../../data/bad/mixed", sequence="mese")
     wd = _workdir(wd / "run", good + rows)
     r = _snakemake(wd, "--keep-going")
     return wd, r, expect

@@ -213,7 +213,7 @@ def test_every_table_has_a_provenance_record(small_demo):
     tables = sorted(str(p.relative_to(wd)) for p in (wd / "results" / "tables").glob("*.csv"))
     assert sorted(prov.output) == tables
     rec = json.loads((wd / "results" / "knee01" / "thickness.csv.prov.json").read_text())
-    assert rec["rule"] == "thickness" and rec["params"]["ray_out_mm"] == 10.0
+    assert rec["rule"] == "thickness" and rec["params"]["ray_out"] == 10.0
     assert all(len(h) == 64 for h in rec["inputs"].values()) and rec["inputs"]
     assert rec["packages"]["vtk"] and rec["code"]["kneeflow"]
     assert len(rec["code"]["commit"] or "") == 40

@@ -159,7 +159,7 @@ def thickness_maps(maps: dict[str, np.ndarray], samples: pd.DataFrame, xe, ae, o
     ids = sorted(maps)
     ncol = min(6, max(1, len(ids)))
     nrow = int(np.ceil(len(ids) / ncol)) + 1
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.4 * ncol, 2.2 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 2.5 * nrow), squeeze=False, layout="constrained")
     ext = [ae[0], ae[-1], xe[0], xe[-1]]
     groups = samples.set_index("sample")["group"].to_dict()
     rows = []
@@ -187,15 +187,13 @@ def thickness_maps(maps: dict[str, np.ndarray], samples: pd.DataFrame, xe, ae, o
         with np.errstate(invalid="ignore"):
             diff = np.nanmean(np.stack(o), 0) - np.nanmean(np.stack(h), 0)
         im2 = ax.imshow(diff, origin="lower", extent=ext, aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
-        ax.set(title="mean OA - healthy", xlabel="angle (deg, 0 = distal)", ylabel="ML (mm, + medial)")
+        ax.set(title="mean OA - healthy", xlabel="angle (deg, 0 = distal, + anterior)", ylabel="ML (mm, + medial)")
         fig.colorbar(im2, ax=ax, label="difference (mm)")
         for (i, j), v in np.ndenumerate(diff):
             if np.isfinite(v):
                 rows.append({"sample": "OA-healthy", "x_mm": 0.5 * (xe[i] + xe[i + 1]),
                              "angle_deg": 0.5 * (ae[j] + ae[j + 1]), "thickness_mm": v})
     data = pd.DataFrame(rows, columns=["sample", "x_mm", "angle_deg", "thickness_mm"])
-    import matplotlib.pyplot as plt2  # noqa: F401 - tight_layout is not used with colorbars on gridspecs
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out.with_suffix(".png"))

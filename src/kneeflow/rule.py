@@ -33,6 +33,8 @@ def run(snakemake, main: Callable[[object], None]) -> None:
 
         rec = provenance.record(snakemake.rule, dict(snakemake.wildcards.items()), list(snakemake.input),
                                 dict(snakemake.params.items()), weights if isinstance(weights, dict) else None)
+        # what the job was given (memory and runtime grow with the attempt; gpu, partition on SLURM)
+        rec["resources"] = {k: v for k, v in snakemake.resources.items() if isinstance(v, (int, float, str))}
         provenance.write_sidecars(rec, list(snakemake.output))
     except Exception as e:  # noqa: BLE001 - reported in one line, then the job fails
         msg = " ".join(str(e).split("\n")[0].split())

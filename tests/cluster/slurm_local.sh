@@ -17,6 +17,9 @@ install)
   fi
   ;;
 up)
+  if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+    echo "a slurmctld/slurmd is already running on this machine: take it down first" >&2; exit 1
+  fi
   mkdir -p "$state"/{ctld,slurmd,munge}
   host=$(hostname -s)
   mem=$(awk '/MemTotal/ {print int($2/1024*0.8)}' /proc/meminfo)
@@ -61,6 +64,13 @@ CONF
   munged --force --key-file="$state/munge/munge.key" --socket="$state/munge/munge.socket" \
     --pid-file="$state/munge/munged.pid" --log-file="$state/munge/munged.log" --seed-file="$state/munge/seed"
   export SLURM_CONF="$state/slurm.conf"
+  # job steps (srun inside sbatch) read the default location, not the submitter's SLURM_CONF
+  if [ -w /etc ] && [ ! -e /etc/slurm/slurm.conf ]; then
+    mkdir -p /etc/slurm
+    ln -s "$state/slurm.conf" /etc/slurm/slurm.conf
+    ln -sf "$state/gres.conf" /etc/slurm/gres.conf
+    touch "$state/etc-links"
+  fi
   slurmctld -f "$SLURM_CONF"
   slurmd -f "$SLURM_CONF"
   for _ in $(seq 60); do
@@ -80,6 +90,9 @@ down)
   for pidf in "$state/slurmd.pid" "$state/slurmctld.pid" "$state/munge/munged.pid"; do
     [ -f "$pidf" ] && kill -9 "$(cat "$pidf")" 2>/dev/null || true
   done
+  if [ -f "$state/etc-links" ]; then
+    rm -f /etc/slurm/slurm.conf /etc/slurm/gres.conf "$state/etc-links"
+  fi
   ;;
 *)
   echo "usage: $0 install|up|down [STATE_DIR]" >&2; exit 2 ;;
