@@ -42,11 +42,12 @@ rule train_model:
         "results/logs/train_model/{model}.log",
     benchmark:
         "results/benchmarks/train_model/{model}.tsv"
-    # on the critical path of the demo: start it as soon as its inputs exist
+    # on the critical path of the demo: start it as soon as its inputs exist. One declared thread, so
+    # the scheduler never starves it behind single-thread jobs; torch uses `train.threads`.
     priority: 50
     conda:
         "../envs/segment.yaml"
-    threads: 2
+    threads: 1
     resources:
         **GPU_RESOURCES,
         mem_mb=lambda wc, attempt: 8000 * attempt,
