@@ -1,14 +1,12 @@
 """Dice and ASSD of each model's segmentation against the reference labels."""
 
-from pathlib import Path
-
 import pandas as pd
 import SimpleITK as sitk
 
 from kneeflow import io
 from kneeflow.inference import dice_assd
 from kneeflow.labels import CANONICAL
-from kneeflow.rule import run
+from kneeflow.rule import run, write_table
 
 
 def main(sm):
@@ -19,9 +17,7 @@ def main(sm):
         sp = pred.GetSpacing()[::-1]
         for r in dice_assd(sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref), sp, CANONICAL):
             rows.append({"sample": sample, "model": sm.params.model, **r})
-    tmp = Path(sm.output.table).with_suffix(".part")
-    pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(sm.output.table)
+    write_table(pd.DataFrame(rows), sm.output.table)
 
 
 run(snakemake, main)  # noqa: F821

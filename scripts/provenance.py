@@ -1,18 +1,14 @@
 """Gather the provenance records of the result tables into results/provenance.tsv."""
 
-from pathlib import Path
-
 import pandas as pd
 
 from kneeflow import provenance
-from kneeflow.rule import run
+from kneeflow.rule import run, write_table
 
 
 def main(sm):
     df = pd.DataFrame(provenance.gather(list(sm.input.tables)))
-    tmp = Path(sm.output.tsv).with_suffix(".part")
-    df.to_csv(tmp, sep="\t", index=False)
-    tmp.replace(sm.output.tsv)
+    write_table(df, sm.output.tsv, sep="\t", float_format=None)
 
 
 run(snakemake, main)  # noqa: F821

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kneeflow.rule import run
+from kneeflow.rule import run, write_table
 
 
 def main(sm):
@@ -21,9 +21,7 @@ def main(sm):
             **{f"intensity_{k}": v for k, v in q["intensity_percentiles"].items()},
             "warnings": "; ".join(q["warnings"]),
         })
-    tmp = Path(sm.output.table).with_suffix(".part")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    tmp.replace(sm.output.table)
+    write_table(pd.DataFrame(rows), sm.output.table, float_format=None)
 
 
 run(snakemake, main)  # noqa: F821

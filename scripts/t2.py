@@ -6,7 +6,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from kneeflow import io
-from kneeflow.rule import run
+from kneeflow.rule import run, write_table
 from kneeflow.t2 import sample_t2
 
 
@@ -20,9 +20,7 @@ def main(sm):
         noise_floor_snr=p.noise_floor_snr, min_ms=p.min_ms, max_ms=p.max_ms,
     )
     io.write_image(t2map, sm.output.t2map)
-    tmp = Path(sm.output.table).with_suffix(".part")
-    table.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(sm.output.table)
+    write_table(table, sm.output.table)
     with open(sm.log[0], "a") as fh:
         fh.write(json.dumps(info) + "\n")
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from kneeflow import io, mesh
-from kneeflow.rule import run
+from kneeflow.rule import run, write_table
 from kneeflow.thickness import measure_knee
 
 
@@ -18,9 +18,7 @@ def main(sm):
     out_dir = Path(sm.output.meshes)
     for name, poly in meshes.items():
         mesh.write_vtk(poly, out_dir / f"{name}.vtk")
-    tmp = Path(sm.output.table).with_suffix(".part")
-    table.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(sm.output.table)
+    write_table(table, sm.output.table)
 
 
 run(snakemake, main)  # noqa: F821

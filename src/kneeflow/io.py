@@ -493,3 +493,4 @@ def load_label_map(path: str | os.PathLike, convention: dict, reference=None):
     out = sitk.GetImageFromArray(arr.astype(np.uint8))
     out.CopyInformation(img)
     return out
+

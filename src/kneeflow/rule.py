@@ -52,3 +52,15 @@ def export_src_path(src: str) -> None:
 
     parts = [src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != src]
     os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+
+
+def write_table(df, path: str, sep: str = ",", float_format: str | None = "%.6g") -> None:
+    """Write a table atomically (temp file + rename); floats to 6 significant digits by default."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    df.to_csv(tmp, sep=sep, index=False, float_format=float_format)
+    os.replace(tmp, path)
