@@ -3,8 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kneeflow-installed
 CORES ?= 2
+# the suite CI runs; `make test-heavy` adds the large-network exports
+PYTEST_ARGS ?= -m "not heavy"
 
-.PHONY: install demo test lint clean-demo
+.PHONY: install demo test test-heavy lint clean-demo
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +33,10 @@ demo: install
 
 test: install
 	$(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
+
+# exports of the large registry networks (MedNeXt B/M/L, TotalSegmentator-style): ~15 min
+test-heavy: install
+	$(VENV)/bin/python -m pytest -q -ra -m heavy tests/test_export.py
 
 lint: install
 	$(VENV)/bin/snakemake --lint

@@ -134,23 +134,63 @@ def cohort_tables():
         t.append("results/tables/t2.csv")
     if any(has_image(s) for s in IDS):
         t.append("results/tables/qc.csv")
+    if NSM_FIT_IDS and (BSCORE_FIT_IDS or SHAPE.get("bscore_model")):
+        t.append("results/tables/bscore.csv")
     return t
 
 
-PLACEHOLDERS = {
-    "bscore": (
-        "BScore by group and vs OA severity",
-        "the shape model (NSM/BScore) stage is not in this workflow yet",
-    ),
-    "export_parity": (
-        "Export parity per architecture and format",
-        "the ONNX/CoreML export stage is not in this workflow yet",
-    ),
-}
+SHAPE = config.get("shape", {"activate": False})
+NSM = SHAPE.get("name", "nsm_femur")
+NSM_PRETRAINED = SHAPE.get("pretrained", {}).get("folder", "")
+# knees with label maps (so with meshes): all are fitted; training uses the train split only
+NSM_FIT_IDS = [s for s in IDS if has_any_labels(s)] if SHAPE.get("activate") else []
+NSM_TRAIN_IDS = (
+    [s for s in NSM_FIT_IDS if SAMPLES.at[s, "split"] != "test"]
+    if not NSM_PRETRAINED
+    else []
+)
+# the BScore model is fitted on the train split's healthy and OA knees; test knees are only scored
+BSCORE_FIT_IDS = [
+    s
+    for s in NSM_FIT_IDS
+    if SAMPLES.at[s, "split"] != "test" and SAMPLES.at[s, "group"] in ("healthy", "oa")
+]
+
+
+EXPORT = config.get("export", {"activate": False})
+
+
+def export_targets():
+    if not EXPORT.get("activate"):
+        return []
+    t = [f"results/export/{m}/parity.json" for m in MODELS]
+    t += [f"results/export/{n}/parity.json" for n in EXPORT.get("nnunet", {})]
+    if EXPORT.get("minilm", False):
+        t.append("results/export/minilm/parity.json")
+    return t
+
+
+def nsm_checkpoint():
+    if NSM_PRETRAINED:
+        p = SHAPE["pretrained"]
+        return os.path.join(NSM_PRETRAINED, p.get("checkpoint", "model.pth"))
+    return f"results/models/{NSM}/model.pth"
+
+
+def bscore_model_path():
+    """A given BScore model.json (e.g. the public one), else the one fitted on this cohort."""
+    return SHAPE.get("bscore_model") or f"results/models/{NSM}/bscore/model.json"
+
+
+def nsm_batches():
+    """(batch index, sample ids): one job loads the shape model once and fits a batch of knees."""
+    n = max(1, int(SHAPE.get("batch_size", 16)))
+    for b in range(0, len(NSM_FIT_IDS), n):
+        yield b // n, NSM_FIT_IDS[b : b + n]
 
 
 def sample_meta():
-    cols = ["sample", "group", "kl_grade", "side"]
+    cols = ["sample", "group", "kl_grade", "side", "oa_severity"]
     return {c: [None if v is None else str(v) for v in SAMPLES[c]] for c in cols}
 
 
@@ -170,7 +210,11 @@ def fig_outputs(name, caption=None):
 def figure_targets():
     if not config.get("figures", {}).get("activate", True):
         return []
-    names = ["runtime_per_rule", "bscore", "export_parity"]
+    names = ["runtime_per_rule"]
+    if export_targets():
+        names.append("export_parity")
+    if "results/tables/bscore.csv" in cohort_tables():
+        names.append("bscore")
     if "results/tables/thickness.csv" in cohort_tables():
         names += ["thickness_by_group", "femoral_thickness_maps"]
     if "results/tables/t2.csv" in cohort_tables():
@@ -184,4 +228,10 @@ def figure_targets():
 
 def all_targets():
     t = [f"results/{s}/qc.json" for s in IDS if has_image(s)]
-    return t + cohort_tables() + ["results/provenance.tsv"] + figure_targets()
+    return (
+        t
+        + cohort_tables()
+        + export_targets()
+        + ["results/provenance.tsv"]
+        + figure_targets()
+    )

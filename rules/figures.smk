@@ -96,18 +96,29 @@ rule fig_runtime:
         "../scripts/figures/runtime.py"
 
 
-rule fig_placeholder:
+rule fig_bscore:
+    input:
+        table="results/tables/bscore.csv",
     output:
-        **fig_outputs("{name}", caption="placeholder"),
+        **fig_outputs("bscore"),
     log:
-        "results/logs/figures/{name}.log",
-    wildcard_constraints:
-        name="bscore|export_parity",
+        "results/logs/figures/bscore.log",
     localrule: True
     conda:
         "../envs/figures.yaml"
-    params:
-        title=lambda wc: PLACEHOLDERS[wc.name][0],
-        what=lambda wc: PLACEHOLDERS[wc.name][1],
     script:
-        "../scripts/figures/placeholder.py"
+        "../scripts/figures/bscore.py"
+
+
+rule fig_export_parity:
+    input:
+        parity=lambda wc: export_targets(),
+    output:
+        **fig_outputs("export_parity"),
+    log:
+        "results/logs/figures/export_parity.log",
+    localrule: True
+    conda:
+        "../envs/figures.yaml"
+    script:
+        "../scripts/figures/export_parity.py"

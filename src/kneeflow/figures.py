@@ -270,14 +270,80 @@ def runtime_per_rule(bench: pd.DataFrame, out) -> pd.DataFrame:
     return data
 
 
-def not_yet(out, title: str, what: str) -> pd.DataFrame:
-    """A figure whose data the workflow does not produce in this configuration: an explicit panel."""
+def bscore_by_group(bscore: pd.DataFrame, out) -> pd.DataFrame:
+    """BScore by group (and KL grade), and vs the generator's OA severity where known (synthetic knees)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    style()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    cols = ["sample", "group", "kl_grade", "oa_severity", "bscore", "used_to_fit_bscore"]
+    d = bscore.dropna(subset=["bscore"]).copy() if not bscore.empty else pd.DataFrame(columns=cols)
+    d["group"] = d["group"].fillna("unknown")
+    d["set"] = np.where(d["used_to_fit_bscore"].astype(bool), "fit BScore", "held out")
+    if d.empty:
+        no_data(axes[0], "no BScores")
+    else:
+        order = [g for g in ("healthy", "oa", "unknown") if g in set(d.group)]
+        sns.boxplot(d, x="group", y="bscore", order=order, ax=axes[0], color="#dddddd", fliersize=0, linewidth=0.8)
+        sns.stripplot(d, x="group", y="bscore", order=order, hue="set", ax=axes[0], size=5, edgecolor="k", linewidth=0.4)
+        axes[0].axhline(0, color="#888", lw=0.8, ls="--")
+        axes[0].set(xlabel="group", ylabel="BScore (healthy SD from healthy mean)", title="BScore by group")
+    sev = d.dropna(subset=["oa_severity"]) if "oa_severity" in d else d.iloc[:0]
+    if sev.empty:
+        no_data(axes[1], "no ground-truth OA severity (synthetic knees only)")
+    else:
+        from scipy.stats import spearmanr
+
+        for name, g in sev.groupby("set"):
+            axes[1].scatter(g.oa_severity.astype(float), g.bscore, label=name, s=28, edgecolor="k", linewidth=0.4)
+        held = sev[~sev.used_to_fit_bscore.astype(bool)]
+        rho = spearmanr(held.oa_severity.astype(float), held.bscore).statistic if len(held) > 2 else float("nan")
+        axes[1].set(xlabel="generator OA severity (0-1)", ylabel="BScore",
+                    title=f"BScore vs OA severity (held out: Spearman {rho:.2f}, n={len(held)})")
+        axes[1].legend(fontsize=8)
+    save(fig, out, d[[c for c in cols if c in d.columns]])
+    return d
+
+
+def export_parity(parity: list[dict], out) -> pd.DataFrame:
+    """Export parity: error vs PyTorch per exported model and format (log scale), with the targets."""
     import matplotlib.pyplot as plt
 
     style()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.set_title(title)
-    no_data(ax, what)
-    data = pd.DataFrame(columns=["note"])
+    rows = []
+    for rec in parity:
+        for fmt, a in rec.get("artifacts", {}).items():
+            if "max_abs" in a:
+                rows.append({"model": rec["name"], "format": fmt, "measure": "max abs error (run)", "value": a["max_abs"],
+                             "how": a.get("prediction", "")})
+            fp16 = a.get("torch_fp16_vs_fp32")
+            if fp16:
+                rows.append({"model": rec["name"], "format": fmt, "measure": "max abs error (torch fp16 on CPU)",
+                             "value": fp16["max_abs"], "how": a.get("fp16_reference", "")})
+            if "max_abs" not in a and not fp16:
+                rows.append({"model": rec["name"], "format": fmt, "measure": "not measured", "value": np.nan,
+                             "how": a.get("prediction", "")})
+    data = pd.DataFrame(rows, columns=["model", "format", "measure", "value", "how"])
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    d = data.dropna(subset=["value"])
+    if d.empty:
+        no_data(ax, "no export parity records")
+    else:
+        d = d.assign(label=d["model"] + "\n" + d["format"])
+        labels = list(dict.fromkeys(d["label"]))
+        markers = {"max abs error (run)": "o", "max abs error (torch fp16 on CPU)": "s"}
+        for measure, g in d.groupby("measure"):
+            ax.scatter([labels.index(x) for x in g["label"]], g["value"].clip(lower=1e-9), marker=markers[measure],
+                       s=40, label=measure, edgecolor="k", linewidth=0.4)
+        ax.axhline(1e-4, color="#a33", ls="--", lw=0.8)
+        ax.text(len(labels) - 0.5, 1e-4, "ONNX target 1e-4", color="#a33", va="bottom", ha="right", fontsize=8)
+        ax.axhline(1e-5, color="#555", ls=":", lw=0.8)
+        ax.text(len(labels) - 0.5, 1e-5, "MiniLM target 1e-5", color="#555", va="bottom", ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        ax.set(ylabel="max |exported - PyTorch| (output units)", xlabel="",
+               title="Export parity (CoreML prediction runs on macOS only; Linux shows torch fp16)")
+        ax.legend(fontsize=7)
     save(fig, out, data)
     return data

@@ -398,6 +398,22 @@ def _area_weighted_truth(mask_fn, field_fn, lo, hi, step=0.5):
     return out
 
 
+def femur_labels(seed: int, side: str = "right", oa: float = 0.0, spacing: float = 1.0):
+    """Only the femur of :func:`synthesize`'s knee (same seed, side, oa): (mask uint8, spacing, origin).
+
+    A fast route to cohorts of bone shapes (shape-model tests): no image, cartilage or other bones.
+    """
+    p = draw_params(seed, side, oa)
+    sp = (float(spacing),) * 3
+    frame = _Frame(p)
+    origin, shape = _grid(sp)
+    ax = [np.float32(origin[i]) + np.arange(shape[i], dtype=np.float32) * np.float32(sp[i]) for i in range(3)]
+    X, Y, Z = np.meshgrid(*ax, indexing="ij")
+    U, V, W = frame.to_local(X, Y, Z)
+    f = femur_sdf(femur_parts(p, U, V, W))
+    return (f <= 0).astype(np.uint8), sp, origin
+
+
 def synthesize(
     seed: int,
     side: str = "right",

@@ -1,0 +1,104 @@
+# Neural shape model of the femur (train or load), per-knee fits (batched), BScore model and scores.
+
+
+rule train_nsm:
+    input:
+        meshes=lambda wc: [f"results/{s}/meshes" for s in NSM_TRAIN_IDS],
+    output:
+        checkpoint=f"results/models/{NSM}/model.pth",
+        config=f"results/models/{NSM}/model_params_config.json",
+        latents=f"results/models/{NSM}/latents.json",
+    log:
+        f"results/logs/train_nsm/{NSM}.log",
+    benchmark:
+        f"results/benchmarks/train_nsm/{NSM}.tsv"
+    priority: 40
+    conda:
+        "../envs/shape.yaml"
+    threads: 1
+    resources:
+        **GPU_RESOURCES,
+        mem_mb=lambda wc, attempt: 6000 * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
+    params:
+        lib=library_hash("shape", "mesh"),
+        samples=NSM_TRAIN_IDS,
+        sides=lambda wc: [SAMPLES.at[s, "side"] for s in NSM_TRAIN_IDS],
+        train=SHAPE.get("train", {}),
+        device=DEVICE,
+    script:
+        "../scripts/train_nsm.py"
+
+
+for _batch, _ids in nsm_batches():
+
+    rule:
+        name:
+            f"fit_nsm_{_batch}"
+        input:
+            checkpoint=nsm_checkpoint(),
+            meshes=[f"results/{s}/meshes" for s in _ids],
+        output:
+            fits=[f"results/{s}/shape/nsm.json" for s in _ids],
+            recon=[f"results/{s}/shape/nsm_recon.vtk" for s in _ids],
+        log:
+            f"results/logs/fit_nsm/{_batch}.log",
+        benchmark:
+            f"results/benchmarks/fit_nsm/{_batch}.tsv"
+        conda:
+            "../envs/shape.yaml"
+        threads: 1
+        resources:
+            **GPU_RESOURCES,
+            mem_mb=lambda wc, attempt: 4000 * attempt,
+            runtime=lambda wc, attempt: 60 * attempt,
+        params:
+            lib=library_hash("shape", "mesh"),
+            samples=_ids,
+            sides=[SAMPLES.at[s, "side"] for s in _ids],
+            fit=SHAPE.get("fit", {}),
+            model=SHAPE.get("pretrained", {}),
+            device=DEVICE,
+        script:
+            "../scripts/fit_nsm.py"
+
+
+rule fit_bscore:
+    input:
+        fits=lambda wc: [f"results/{s}/shape/nsm.json" for s in BSCORE_FIT_IDS],
+    output:
+        model=f"results/models/{NSM}/bscore/model.json",
+    log:
+        f"results/logs/fit_bscore/{NSM}.log",
+    localrule: True
+    conda:
+        "../envs/base.yaml"
+    params:
+        samples=BSCORE_FIT_IDS,
+        groups=[SAMPLES.at[s, "group"] for s in BSCORE_FIT_IDS],
+    script:
+        "../scripts/fit_bscore.py"
+
+
+rule bscore:
+    input:
+        model=bscore_model_path(),
+        fits=lambda wc: [f"results/{s}/shape/nsm.json" for s in NSM_FIT_IDS],
+    output:
+        scores=[f"results/{s}/shape/bscore.json" for s in NSM_FIT_IDS],
+        table=report(
+            "results/tables/bscore.csv",
+            caption="../report/bscore.rst",
+            category="Tables",
+        ),
+    log:
+        "results/logs/bscore/bscore.log",
+    localrule: True
+    conda:
+        "../envs/base.yaml"
+    params:
+        samples=NSM_FIT_IDS,
+        meta=lambda wc: sample_meta(),
+        fit_ids=BSCORE_FIT_IDS,
+    script:
+        "../scripts/bscore.py"

@@ -1,0 +1,15 @@
+"""Export an nnU-Net v2 network (plans file; trained weights when a results folder is given)."""
+
+from pathlib import Path
+
+from kneeflow import export
+from kneeflow.rule import run
+
+
+def main(sm):
+    cfg = dict(sm.params.net)
+    rec = export.export_nnunet(cfg, Path(sm.output.parity).parent, sm.wildcards.net)
+    export.require_parity(rec, "onnx", float(sm.params.onnx_atol))
+
+
+run(snakemake, main)  # noqa: F821

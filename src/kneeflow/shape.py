@@ -1,0 +1,706 @@
+"""Neural shape models (NSM) of the femur and the BScore.
+
+An NSM is an auto-decoder of the DeepSDF family: a network f(z, x) -> signed distance at point x of
+the shape coded by latent z. Training learns the network and one latent per training shape; fitting
+a new knee keeps the network fixed and optimises its latent against signed-distance samples.
+
+Coordinates: every mesh is mirrored to a right knee (left knees: x -> -x), centred, and similarity-
+aligned (ICP: rotation, translation, isotropic scale) to the model's reference shape, which lives in
+the unit sphere. :class:`Alignment` maps input (mm, LPS) points to model space and back, so the
+reconstruction is written in the input's coordinates and its distance to the input is in mm.
+
+Two decoders:
+
+* ``deepsdf``: an MLP on [z, x (+ Fourier features of x)] with one skip connection; one SDF output per
+  surface (bone only, or bone + cartilage).
+* ``triplanar``: the public knee NSM's layout: z -> transposed convolutions -> three feature planes
+  (xy, xz, yz); features sampled bilinearly at x, summed, concatenated with x -> weight-normed MLP ->
+  tanh. A model folder holds ``model_params_config.json`` and a checkpoint ``{"model": state_dict}``.
+
+BScore (public format, ``model.json``): ``bscore_vector`` v (unit vector from the healthy to the OA
+mean latent), ``mean_healthy`` and ``std_healthy`` (ddof=1) of the healthy latents projected on v;
+score = (z . v - mean_healthy) / std_healthy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class ShapeError(ValueError):
+    """A mesh or shape model that cannot be used; the message names the file and the problem."""
+
+
+# ---------------------------------------------------------------------------------------------- meshes
+
+
+def _vtk():
+    import vtk
+    from vtk.util import numpy_support as ns
+
+    return vtk, ns
+
+
+def load_surface(path: str | os.PathLike):
+    """Read a closed triangle mesh; refuse empty or open meshes with the file's name."""
+    from kneeflow.mesh import read_vtk
+
+    p = Path(path)
+    if not p.exists():
+        raise ShapeError(f"{p}: mesh not found")
+    try:
+        poly = read_vtk(p)
+    except Exception as e:  # noqa: BLE001 - reader errors vary
+        raise ShapeError(str(e) if str(p) in str(e) else f"{p}: unreadable mesh ({e})") from None
+    check_surface(poly, str(p))
+    return poly
+
+
+def check_surface(poly, where: str = "mesh") -> None:
+    vtk, _ = _vtk()
+    if poly is None or poly.GetNumberOfPoints() == 0 or poly.GetNumberOfCells() == 0:
+        raise ShapeError(f"{where}: empty mesh (no points or no triangles)")
+    fe = vtk.vtkFeatureEdges()
+    fe.SetInputData(poly)
+    fe.BoundaryEdgesOn()
+    fe.FeatureEdgesOff()
+    fe.ManifoldEdgesOff()
+    fe.NonManifoldEdgesOn()
+    fe.Update()
+    n = fe.GetOutput().GetNumberOfCells()
+    if n:
+        raise ShapeError(f"{where}: mesh is not closed ({n} boundary or non-manifold edges); "
+                         "signed distances need a watertight surface")
+
+
+def mesh_arrays(poly) -> tuple[np.ndarray, np.ndarray]:
+    """(points (n, 3) float64, triangles (m, 3) int64)."""
+    vtk, ns = _vtk()
+    tri = vtk.vtkTriangleFilter()
+    tri.SetInputData(poly)
+    tri.Update()
+    out = tri.GetOutput()
+    pts = ns.vtk_to_numpy(out.GetPoints().GetData()).astype(np.float64)
+    cells = ns.vtk_to_numpy(out.GetPolys().GetConnectivityArray()).reshape(-1, 3).astype(np.int64)
+    return pts, cells
+
+
+def make_poly(points: np.ndarray, triangles: np.ndarray):
+    vtk, ns = _vtk()
+    poly = vtk.vtkPolyData()
+    vp = vtk.vtkPoints()
+    vp.SetData(ns.numpy_to_vtk(np.ascontiguousarray(points, dtype=np.float64), deep=True))
+    poly.SetPoints(vp)
+    cells = vtk.vtkCellArray()
+    offsets = np.arange(0, 3 * len(triangles) + 1, 3, dtype=np.int64)
+    cells.SetData(ns.numpy_to_vtkIdTypeArray(offsets, deep=True),
+                  ns.numpy_to_vtkIdTypeArray(np.ascontiguousarray(triangles.ravel(), dtype=np.int64), deep=True))
+    poly.SetPolys(cells)
+    return poly
+
+
+def sample_on_surface(points: np.ndarray, tris: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Area-weighted uniform points on a triangle mesh."""
+    a, b, c = points[tris[:, 0]], points[tris[:, 1]], points[tris[:, 2]]
+    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    idx = rng.choice(len(tris), size=n, p=area / area.sum())
+    r1, r2 = rng.random(n), rng.random(n)
+    s = np.sqrt(r1)
+    return (1 - s)[:, None] * a[idx] + (s * (1 - r2))[:, None] * b[idx] + (s * r2)[:, None] * c[idx]
+
+
+def signed_distance(points: np.ndarray, tris: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Signed distance of ``query`` to the closed mesh (negative inside), via VTK."""
+    vtk, ns = _vtk()
+    poly = make_poly(points, tris)
+    normals = vtk.vtkPolyDataNormals()
+    normals.SetInputData(poly)
+    normals.ComputePointNormalsOn()
+    normals.ComputeCellNormalsOn()
+    normals.AutoOrientNormalsOn()
+    normals.ConsistencyOn()
+    normals.SplittingOff()
+    normals.Update()
+    f = vtk.vtkImplicitPolyDataDistance()
+    f.SetInput(normals.GetOutput())
+    q = ns.numpy_to_vtk(np.ascontiguousarray(query, dtype=np.float64), deep=True)
+    out = vtk.vtkDoubleArray()
+    f.FunctionValue(q, out)
+    return ns.vtk_to_numpy(out).copy()
+
+
+def surface_distance(a_pts: np.ndarray, a_tris: np.ndarray, b_pts: np.ndarray, b_tris: np.ndarray,
+                     n: int = 20000, seed: int = 0) -> dict[str, float]:
+    """Symmetric surface distance between two meshes (points sampled on each, distance to the other)."""
+    rng = np.random.default_rng(seed)
+    da = np.abs(signed_distance(b_pts, b_tris, sample_on_surface(a_pts, a_tris, n, rng)))
+    db = np.abs(signed_distance(a_pts, a_tris, sample_on_surface(b_pts, b_tris, n, rng)))
+    return {"assd": float((da.mean() + db.mean()) / 2), "hd95": float(max(np.percentile(da, 95), np.percentile(db, 95))),
+            "max": float(max(da.max(), db.max()))}
+
+
+# ---------------------------------------------------------------------------------------------- alignment
+
+
+@dataclass
+class Alignment:
+    """model = scale * R @ (mirror * x - centre) + t; ``mirror`` flips x for left knees."""
+
+    mirror: bool
+    centre: list[float]
+    rotation: list[list[float]]
+    scale: float
+    translation: list[float]
+    residual: float = 0.0  # RMS distance of the aligned points to the reference surface (model units)
+    rotation_deg: float = 0.0
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64).copy()
+        if self.mirror:
+            x[:, 0] = -x[:, 0]
+        return self.scale * (x - np.asarray(self.centre)) @ np.asarray(self.rotation).T + np.asarray(self.translation)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        y = (np.asarray(y, dtype=np.float64) - np.asarray(self.translation)) / self.scale
+        x = y @ np.asarray(self.rotation) + np.asarray(self.centre)
+        if self.mirror:
+            x[:, 0] = -x[:, 0]
+        return x
+
+    def flips_orientation(self) -> bool:
+        return bool(self.mirror)
+
+
+def _icp_similarity(source: np.ndarray, target: np.ndarray, iterations: int = 60) -> np.ndarray:
+    """4x4 similarity that moves ``source`` points onto ``target`` points (VTK's ICP)."""
+    vtk, ns = _vtk()
+
+    def cloud(p):
+        poly = vtk.vtkPolyData()
+        vp = vtk.vtkPoints()
+        vp.SetData(ns.numpy_to_vtk(np.ascontiguousarray(p, dtype=np.float64), deep=True))
+        poly.SetPoints(vp)
+        verts = vtk.vtkVertexGlyphFilter()
+        verts.SetInputData(poly)
+        verts.Update()
+        return verts.GetOutput()
+
+    icp = vtk.vtkIterativeClosestPointTransform()
+    icp.SetSource(cloud(source))
+    icp.SetTarget(cloud(target))
+    icp.GetLandmarkTransform().SetModeToSimilarity()
+    icp.SetMaximumNumberOfIterations(iterations)
+    icp.SetMaximumNumberOfLandmarks(2000)
+    icp.StartByMatchingCentroidsOn()
+    icp.CheckMeanDistanceOn()
+    icp.SetMaximumMeanDistance(1e-7)
+    icp.Modified()
+    icp.Update()
+    m = icp.GetMatrix()
+    return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+def align(points: np.ndarray, mirror: bool, reference: np.ndarray | None, *, unit_radius: float = 0.9,
+          max_residual: float = 0.06, max_rotation_deg: float = 40.0, where: str = "mesh") -> Alignment:
+    """Similarity-align a (mirrored) point cloud to ``reference`` (model-space points).
+
+    Without a reference the shape is only centred and scaled so its farthest point lies at
+    ``unit_radius`` (this is how the reference itself is made). A mesh that needs more than
+    ``max_rotation_deg`` of rotation or stays farther than ``max_residual`` (RMS, model units) from
+    the reference is refused: it is not in the reference pose (or not the same bone).
+    """
+    x = np.asarray(points, dtype=np.float64).copy()
+    if mirror:
+        x[:, 0] = -x[:, 0]
+    c = x.mean(axis=0)
+    radius = float(np.linalg.norm(x - c, axis=1).max())
+    if not np.isfinite(radius) or radius <= 0:
+        raise ShapeError(f"{where}: degenerate mesh (all points coincide)")
+    if reference is None:
+        return Alignment(mirror, c.tolist(), np.eye(3).tolist(), unit_radius / radius, [0.0, 0.0, 0.0])
+    ref_radius = float(np.sqrt(((reference - reference.mean(0)) ** 2).sum(1).mean()))
+    own_radius = float(np.sqrt(((x - c) ** 2).sum(1).mean()))
+    s0 = ref_radius / own_radius
+    y0 = (x - c) * s0 + reference.mean(0)
+    rng = np.random.default_rng(0)
+    sub = y0[rng.choice(len(y0), size=min(len(y0), 4000), replace=False)]
+    m = _icp_similarity(sub, reference)
+    a_lin, t_icp = m[:3, :3], m[:3, 3]
+    s_icp = float(np.cbrt(np.linalg.det(a_lin)))
+    r = a_lin / s_icp
+    u, _, vt = np.linalg.svd(r)  # nearest rotation
+    r = u @ vt
+    angle = float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1))))
+    scale = s0 * s_icp
+    t = s_icp * (reference.mean(0) @ r.T) + t_icp
+    al = Alignment(mirror, c.tolist(), r.tolist(), float(scale), t.tolist(), rotation_deg=angle)
+    y = al.forward(points)
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(reference).query(y[rng.choice(len(y), size=min(len(y), 4000), replace=False)])
+    al.residual = float(np.sqrt((d**2).mean()))
+    if angle > max_rotation_deg:
+        raise ShapeError(f"{where}: far from the reference pose (alignment needs a {angle:.0f} degree rotation, "
+                         f"more than {max_rotation_deg:.0f}); is this a femur in scanner orientation?")
+    if al.residual > max_residual:
+        raise ShapeError(f"{where}: far from the reference shape after alignment (RMS {al.residual:.3f} model units, "
+                         f"limit {max_residual}); is this the right bone, in the reference pose?")
+    return al
+
+
+# ---------------------------------------------------------------------------------------------- SDF samples
+
+
+def sdf_samples(points: np.ndarray, tris: np.ndarray, n: int, rng: np.random.Generator,
+                sigmas: tuple[float, ...] = (0.005, 0.025), uniform_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Near-surface and uniform points (model space) with their signed distance to the mesh."""
+    n_uni = int(n * uniform_fraction)
+    n_near = n - n_uni
+    per = [n_near // len(sigmas)] * len(sigmas)
+    per[0] += n_near - sum(per)
+    q = [sample_on_surface(points, tris, k, rng) + rng.normal(0, s, size=(k, 3)) for k, s in zip(per, sigmas)]
+    q.append(rng.uniform(-1, 1, size=(n_uni, 3)))
+    q = np.concatenate(q)
+    return q.astype(np.float32), signed_distance(points, tris, q).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- networks
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def build_decoder(cfg: dict):
+    """The decoder a ``model_params_config``-style dict describes."""
+    torch = _torch()
+    nn = torch.nn
+    kind = cfg.get("decoder", "deepsdf")
+
+    class DeepSDF(nn.Module):
+        def __init__(self, latent_size, hidden, n_layers, n_surfaces, fourier, skip):
+            super().__init__()
+            self.fourier = fourier
+            d_in = latent_size + 3 + 6 * fourier
+            self.skip = skip
+            layers = []
+            for i in range(n_layers):
+                d = d_in if i == 0 else hidden
+                if i == skip:
+                    d = hidden + d_in
+                layers.append(nn.utils.parametrizations.weight_norm(nn.Linear(d, hidden)))
+            self.layers = nn.ModuleList(layers)
+            self.out = nn.Linear(hidden, n_surfaces)
+
+        def forward(self, z, x):  # z (B, L), x (B, N, 3) -> (B, N, S)
+            feats = [z[:, None, :].expand(-1, x.shape[1], -1), x]
+            if self.fourier:
+                f = 2.0 ** torch.arange(self.fourier, device=x.device, dtype=x.dtype) * math.pi
+                xf = x[..., None] * f  # (B, N, 3, F)
+                feats += [torch.sin(xf).flatten(-2), torch.cos(xf).flatten(-2)]
+            h0 = torch.cat(feats, dim=-1)
+            h = h0
+            for i, layer in enumerate(self.layers):
+                if i == self.skip:
+                    h = torch.cat([h, h0], dim=-1)
+                h = torch.relu(layer(h))
+            return torch.tanh(self.out(h))
+
+    class Triplanar(nn.Module):
+        def __init__(self, latent_size, plane_channels, plane_size, conv_channels, mlp_hidden, n_surfaces):
+            super().__init__()
+            self.start = 4
+            n_up = int(round(math.log2(plane_size / self.start)))
+            if self.start * 2**n_up != plane_size:
+                raise ShapeError(f"triplanar plane_size {plane_size} must be 4 * 2^k")
+            self.plane_channels = plane_channels
+            self.fc = nn.Linear(latent_size, conv_channels * self.start * self.start)
+            self.conv_channels = conv_channels
+            ups = []
+            c = conv_channels
+            for i in range(n_up):
+                c_out = 3 * plane_channels if i == n_up - 1 else conv_channels
+                ups += [nn.ConvTranspose2d(c, c_out, 4, stride=2, padding=1)]
+                if i < n_up - 1:
+                    ups += [nn.LeakyReLU(0.2)]
+                c = c_out
+            self.planes = nn.Sequential(*ups)
+            dims = [plane_channels + 3] + list(mlp_hidden) + [n_surfaces]
+            mlp = []
+            for a, b in zip(dims[:-1], dims[1:]):
+                mlp.append(nn.utils.parametrizations.weight_norm(nn.Linear(a, b)))
+            self.mlp = nn.ModuleList(mlp)
+
+        def forward(self, z, x):
+            b = z.shape[0]
+            p = self.planes(self.fc(z).view(b, self.conv_channels, self.start, self.start))
+            c = self.plane_channels
+            f = 0
+            for k, (i, j) in enumerate(((0, 1), (0, 2), (1, 2))):
+                grid = x[..., [i, j]][:, :, None, :]  # (B, N, 1, 2) in [-1, 1]
+                s = torch.nn.functional.grid_sample(p[:, k * c:(k + 1) * c], grid, mode="bilinear",
+                                                    padding_mode="border", align_corners=True)
+                f = f + s[..., 0].transpose(1, 2)  # (B, N, C)
+            h = torch.cat([f, x], dim=-1)
+            for i, layer in enumerate(self.mlp):
+                h = layer(h)
+                if i < len(self.mlp) - 1:
+                    h = torch.relu(h)
+            return torch.tanh(h)
+
+    n_surf = len(cfg.get("surfaces", ["femur"]))
+    if kind == "deepsdf":
+        return DeepSDF(cfg["latent_size"], cfg.get("hidden", 128), cfg.get("n_layers", 6), n_surf,
+                       cfg.get("fourier", 4), cfg.get("skip", 3))
+    if kind == "triplanar":
+        return Triplanar(cfg["latent_size"], cfg.get("plane_channels", 128), cfg.get("plane_size", 64),
+                         cfg.get("conv_channels", 256), cfg.get("mlp_hidden", [512, 512, 512]), n_surf)
+    raise ShapeError(f"unknown decoder {kind!r} (deepsdf or triplanar)")
+
+
+# ---------------------------------------------------------------------------------------------- model I/O
+
+
+@dataclass
+class ShapeModel:
+    cfg: dict
+    decoder: object
+    reference: np.ndarray  # (n, 3) model-space points of the reference surface
+    latents: dict[str, list[float]] = field(default_factory=dict)  # training shapes
+    folder: str = ""
+
+
+CONFIG_NAME = "model_params_config.json"
+CHECKPOINT_NAME = "model.pth"
+
+
+def save_model(model: ShapeModel, folder: str | os.PathLike) -> None:
+    torch = _torch()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{CHECKPOINT_NAME}.part"
+    torch.save({"model": model.decoder.state_dict(), "reference": torch.as_tensor(model.reference, dtype=torch.float64)}, tmp)
+    os.replace(tmp, folder / CHECKPOINT_NAME)
+    _write_json(folder / CONFIG_NAME, model.cfg)
+    _write_json(folder / "latents.json", model.latents)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def load_model(folder: str | os.PathLike, *, checkpoint: str | None = None, reference_mesh: str | None = None,
+               sha256: dict[str, str] | None = None, device: str = "cpu") -> ShapeModel:
+    """Load an NSM folder (ours or the public layout: ``model_params_config.json`` + ``{"model": state_dict}``).
+
+    ``reference_mesh`` gives the reference surface for folders whose checkpoint does not carry one
+    (the public models align to a reference mesh distributed beside them). ``sha256`` maps file name
+    -> expected checksum; a mismatch is refused.
+    """
+    from kneeflow.models import file_sha256
+
+    torch = _torch()
+    folder = Path(folder)
+    cfg_path = folder / CONFIG_NAME
+    if not cfg_path.exists():
+        raise ShapeError(f"{folder}: not a shape model folder (no {CONFIG_NAME})")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ShapeError(f"{cfg_path}: invalid JSON ({e})") from None
+    ck = folder / (checkpoint or cfg.get("checkpoint", CHECKPOINT_NAME))
+    if not ck.exists():
+        raise ShapeError(f"{folder}: checkpoint {ck.name} not found")
+    for name, want in (sha256 or {}).items():
+        got = file_sha256(folder / name)
+        if got != want.lower():
+            raise ShapeError(f"{folder / name}: sha256 mismatch: expected {want}, got {got}")
+    try:
+        obj = torch.load(ck, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ShapeError(f"{ck}: not a safe weights-only checkpoint or corrupt ({type(e).__name__})") from None
+    if not isinstance(obj, dict) or "model" not in obj:
+        raise ShapeError(f"{ck}: expected a dict with key 'model' (the decoder's state_dict)")
+    dec = build_decoder(cfg)
+    try:
+        dec.load_state_dict(obj["model"])
+    except RuntimeError as e:
+        raise ShapeError(f"{ck}: weights do not match {CONFIG_NAME} ({str(e).splitlines()[0]})") from None
+    if "reference" in obj:
+        reference = obj["reference"].cpu().numpy()
+    elif reference_mesh:
+        poly = load_surface(reference_mesh)
+        pts, tris = mesh_arrays(poly)
+        al = align(pts, False, None)
+        reference = sample_on_surface(al.forward(pts), tris, 20000, np.random.default_rng(0))
+    else:
+        raise ShapeError(f"{folder}: no reference surface in the checkpoint; give the model's reference mesh")
+    latents = {}
+    if (folder / "latents.json").exists():
+        latents = json.loads((folder / "latents.json").read_text())
+    return ShapeModel(cfg, dec.to(device).eval(), reference, latents, str(folder))
+
+
+# ---------------------------------------------------------------------------------------------- train / fit
+
+
+def _seed(seed: int) -> None:
+    import random
+
+    torch = _torch()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare(poly_by_surface: dict[str, object], mirror: bool, reference: np.ndarray | None, n: int, seed: int,
+            where: str, **align_kw) -> tuple[Alignment, np.ndarray, np.ndarray, dict]:
+    """Align a knee (by its first surface) and draw SDF samples for every surface.
+
+    Returns (alignment, query points (n, 3), sdf (n, S), arrays of the first surface in model space).
+    """
+    rng = np.random.default_rng(seed)
+    surfaces = list(poly_by_surface)
+    pts, tris = mesh_arrays(poly_by_surface[surfaces[0]])
+    al = align(pts, mirror, reference, where=where, **align_kw)
+    q, d0 = sdf_samples(al.forward(pts), tris, n, rng)
+    cols = [d0]
+    for s in surfaces[1:]:
+        p2, t2 = mesh_arrays(poly_by_surface[s])
+        cols.append(signed_distance(al.forward(p2), t2, q).astype(np.float32))
+    return al, q, np.stack(cols, axis=1), {"points": al.forward(pts), "tris": tris}
+
+
+def train(shapes: dict[str, dict[str, object]], sides: dict[str, str], cfg: dict, *, device: str = "cpu",
+          progress=None) -> ShapeModel:
+    """Train decoder + one latent per shape. ``shapes``: sample -> {surface name: closed mesh}."""
+    torch = _torch()
+    seed = int(cfg.get("seed", 0))
+    _seed(seed)
+    ids = sorted(shapes)
+    if len(ids) < 2:
+        raise ShapeError(f"an NSM needs at least 2 training shapes, got {len(ids)}")
+    first = ids[0]
+    fp, ft = mesh_arrays(shapes[first][cfg["surfaces"][0]])
+    ref_al = align(fp, sides[first] == "left", None)
+    reference = sample_on_surface(ref_al.forward(fp), ft, 20000, np.random.default_rng(seed))
+    n = int(cfg.get("samples_per_shape", 20000))
+    qs, ds = [], []
+    for i, s in enumerate(ids):
+        al, q, d, _ = prepare({k: shapes[s][k] for k in cfg["surfaces"]}, sides[s] == "left",
+                              None if s == first else reference, n, seed + i, where=f"{s} (training shape)")
+        qs.append(q)
+        ds.append(d)
+    q_all = torch.as_tensor(np.stack(qs), device=device)  # (K, n, 3)
+    d_all = torch.as_tensor(np.stack(ds), device=device)  # (K, n, S)
+    dec = build_decoder(cfg).to(device)
+    lat = torch.nn.Parameter(torch.randn(len(ids), cfg["latent_size"], device=device) * 0.01)
+    steps = int(cfg.get("steps", 1000))
+    batch = int(cfg.get("points_per_step", 2048))
+    clamp = float(cfg.get("clamp", 0.1))
+    reg = float(cfg.get("latent_reg", 1e-4))
+    opt = torch.optim.Adam([{"params": dec.parameters(), "lr": float(cfg.get("lr", 1e-3))},
+                            {"params": [lat], "lr": float(cfg.get("latent_lr", 1e-3))}])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 ** (k / max(1, steps // 4)))
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    t0 = time.perf_counter()
+    history = []
+    for step in range(steps):
+        idx = torch.randint(0, n, (len(ids), batch), generator=g).to(device)
+        q = torch.gather(q_all, 1, idx[..., None].expand(-1, -1, 3))
+        d = torch.gather(d_all, 1, idx[..., None].expand(-1, -1, d_all.shape[-1]))
+        pred = dec(lat, q)
+        loss = (pred.clamp(-clamp, clamp) - d.clamp(-clamp, clamp)).abs().mean() + reg * (lat**2).sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % max(1, steps // 10) == 0 or step == steps - 1:
+            history.append({"step": step, "loss": float(loss.detach()), "seconds": round(time.perf_counter() - t0, 2)})
+            log.info("NSM step %d/%d loss %.5f", step, steps, float(loss))
+            if progress:
+                progress(step, steps, float(loss))
+    cfg = {**cfg, "history": history, "train_seconds": round(time.perf_counter() - t0, 2)}
+    latents = {s: [float(x) for x in lat[i].detach().cpu().numpy()] for i, s in enumerate(ids)}
+    return ShapeModel(cfg, dec.eval(), reference, latents)
+
+
+@dataclass
+class FitResult:
+    latent: list[float]
+    alignment: dict
+    iterations: int
+    loss: float
+    seconds: float
+
+
+def fit(model: ShapeModel, knees: dict[str, dict[str, object]], sides: dict[str, str], *, iterations: int = 2000,
+        lr: float = 5e-3, points: int = 8000, n_samples: int = 20000, patience: int = 200, tol: float = 1e-5,
+        seed: int = 0, device: str = "cpu", max_residual: float = 0.06, max_rotation_deg: float = 40.0) -> dict[str, FitResult]:
+    """Fit latents for many knees at once (one batched optimisation; one model load).
+
+    Every knee has its own latent and its own early stop; the decoder is fixed. ``knees``: sample ->
+    {surface: mesh} (same surfaces as the model). Deterministic for a given seed.
+    """
+    torch = _torch()
+    _seed(seed)
+    ids = sorted(knees)
+    surfaces = model.cfg.get("surfaces", ["femur"])
+    prepared = {}
+    for s in ids:
+        missing = [k for k in surfaces if k not in knees[s]]
+        if missing:
+            raise ShapeError(f"{s}: the shape model needs surfaces {surfaces}; missing {missing}")
+        prepared[s] = prepare({k: knees[s][k] for k in surfaces}, sides[s] == "left", model.reference, n_samples,
+                              seed, where=f"{s}", max_residual=max_residual, max_rotation_deg=max_rotation_deg)
+    dec = model.decoder.to(device).eval()
+    for p in dec.parameters():
+        p.requires_grad_(False)
+    q_all = torch.as_tensor(np.stack([prepared[s][1] for s in ids]), device=device)
+    d_all = torch.as_tensor(np.stack([prepared[s][2] for s in ids]), device=device)
+    k = len(ids)
+    lat = torch.nn.Parameter(torch.zeros(k, model.cfg["latent_size"], device=device))
+    opt = torch.optim.Adam([lat], lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 ** (i / max(1, iterations // 3)))
+    clamp = float(model.cfg.get("clamp", 0.1))
+    reg = float(model.cfg.get("latent_reg", 1e-4))
+    # one random stream per knee (seeded by its id), so a knee's fit does not depend on its batch
+    import zlib
+
+    gens = [torch.Generator(device="cpu").manual_seed(seed * 1000003 + zlib.crc32(s.encode())) for s in ids]
+    best = torch.full((k,), float("inf"))
+    best_lat = lat.detach().clone()
+    since = torch.zeros(k, dtype=torch.long)
+    active = torch.ones(k, dtype=torch.bool)
+    iters = torch.zeros(k, dtype=torch.long)
+    n = q_all.shape[1]
+    t0 = time.perf_counter()
+    for it in range(iterations):
+        idx = torch.stack([torch.randint(0, n, (min(points, n),), generator=g) for g in gens]).to(device)
+        q = torch.gather(q_all, 1, idx[..., None].expand(-1, -1, 3))
+        d = torch.gather(d_all, 1, idx[..., None].expand(-1, -1, d_all.shape[-1]))
+        pred = dec(lat, q)
+        per = (pred.clamp(-clamp, clamp) - d.clamp(-clamp, clamp)).abs().mean(dim=(1, 2)) + reg * (lat**2).sum(1)
+        loss = (per * active.to(device)).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        per = per.detach().cpu()
+        improved = (per < best - tol) & active
+        best = torch.where(improved, per, best)
+        best_lat[improved.to(device)] = lat.detach()[improved.to(device)]
+        since = torch.where(improved, torch.zeros_like(since), since + 1)
+        iters = torch.where(active, iters + 1, iters)
+        active &= since < patience
+        if not active.any():
+            break
+    secs = time.perf_counter() - t0
+    return {s: FitResult([float(x) for x in best_lat[i].cpu().numpy()], asdict(prepared[s][0]), int(iters[i]),
+                         float(best[i]), round(secs / k, 3)) for i, s in enumerate(ids)}
+
+
+def reconstruct(model: ShapeModel, latent, alignment: Alignment | dict, *, resolution: int = 128, surface: int = 0,
+                device: str = "cpu"):
+    """Marching cubes of the decoded SDF, mapped back to the input's coordinates: (points, triangles)."""
+    torch = _torch()
+    from skimage.measure import marching_cubes
+
+    if isinstance(alignment, dict):
+        alignment = Alignment(**alignment)
+    lo, hi = -1.0, 1.0
+    ax = np.linspace(lo, hi, resolution, dtype=np.float32)
+    grid = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), axis=-1).reshape(-1, 3)
+    z = torch.as_tensor(np.asarray(latent, dtype=np.float32)[None], device=device)
+    vals = []
+    with torch.no_grad():
+        for chunk in np.array_split(grid, max(1, len(grid) // 65536)):
+            vals.append(model.decoder(z, torch.as_tensor(chunk, device=device)[None])[0, :, surface].cpu().numpy())
+    vol = np.concatenate(vals).reshape(resolution, resolution, resolution)
+    if vol.min() > 0 or vol.max() < 0:
+        raise ShapeError("the decoded shape has no surface inside the unit cube (fit diverged?)")
+    step = (hi - lo) / (resolution - 1)
+    verts, faces, _, _ = marching_cubes(vol, 0.0, spacing=(step, step, step))
+    verts = verts + lo
+    pts = alignment.inverse(verts)
+    # marching cubes winds triangles outward for a field negative inside; mirroring flips the winding
+    if alignment.flips_orientation():
+        faces = faces[:, ::-1]
+    return pts, faces.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------- BScore
+
+
+def fit_bscore(latents: dict[str, list[float]], groups: dict[str, str]) -> dict:
+    """BScore model from latents of healthy and OA knees (public ``model.json`` layout)."""
+    h = np.array([latents[s] for s in latents if groups.get(s) == "healthy"], dtype=np.float64)
+    o = np.array([latents[s] for s in latents if groups.get(s) == "oa"], dtype=np.float64)
+    if len(h) < 2 or len(o) < 1:
+        raise ShapeError(f"a BScore needs >= 2 healthy and >= 1 OA knees with latents; got {len(h)} healthy, {len(o)} OA")
+    mh, mo = h.mean(0), o.mean(0)
+    diff = mo - mh
+    norm = float(np.linalg.norm(diff))
+    if norm == 0:
+        raise ShapeError("healthy and OA mean latents coincide; no BScore direction")
+    v = diff / norm
+    proj = h @ v
+    return {"bscore_vector": v.tolist(), "mean_healthy": float(mh @ v), "std_healthy": float(proj.std(ddof=1)),
+            "n_healthy": int(len(h)), "n_oa": int(len(o)), "mean_latent_healthy": mh.tolist(),
+            "mean_latent_oa": mo.tolist()}
+
+
+def bscore(model: dict, latent) -> float:
+    v = np.asarray(model["bscore_vector"], dtype=np.float64)
+    z = np.asarray(latent, dtype=np.float64)
+    if z.shape != v.shape:
+        raise ShapeError(f"latent of size {z.size} does not match the BScore vector of size {v.size}")
+    return float((z @ v - model["mean_healthy"]) / model["std_healthy"])
+
+
+def save_bscore_model(model: dict, path: str | os.PathLike) -> None:
+    _write_json(Path(path), model)
+
+
+def load_bscore_model(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    try:
+        m = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ShapeError(f"{p}: unreadable BScore model ({e})") from None
+    missing = [k for k in ("bscore_vector", "mean_healthy", "std_healthy") if k not in m]
+    if missing:
+        raise ShapeError(f"{p}: BScore model lacks {missing}")
+    if not m["std_healthy"] > 0:
+        raise ShapeError(f"{p}: std_healthy must be > 0, got {m['std_healthy']}")
+    return m
+
+
+# ---------------------------------------------------------------------------------------------- synthetic
+
+
+def synthetic_femur(seed: int, side: str = "right", oa: float = 0.0, spacing: float = 1.0, n_points: int = 6000):
+    """The phantom's femur (:func:`kneeflow.phantom.femur_labels`) meshed as the workflow meshes bones."""
+    import SimpleITK as sitk
+
+    from kneeflow import mesh, phantom
+
+    m, sp, org = phantom.femur_labels(seed, side, oa, spacing)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(m.transpose(2, 1, 0)))
+    img.SetSpacing(sp)
+    img.SetOrigin(org)
+    return mesh.bone_mesh(img, [1], n_points, smooth_var_mm2=0.5, bone="femur", crop_percent=1.0)
