@@ -45,6 +45,8 @@ wildcard_constraints:
 
 SEG = config.get("segmentation", {"activate": False})
 MODELS = list(SEG.get("models", {})) if SEG.get("activate") else []
+# models this workflow trains (a `train` section); others are nnU-Net folders or ONNX files
+TRAINED = [m for m in MODELS if "train" in SEG["models"][m]]
 DEVICE = "cuda" if config.get("resources", {}).get("gpu", False) else "cpu"
 # GPU stages ask SLURM for a GPU (the executor plugin's `gpu` resource) when the config says so
 GPU_RESOURCES = (
@@ -79,6 +81,28 @@ DICE_IDS = [s for s in SEGMENT_IDS if SAMPLES.at[s, "reference_labels"] is not N
 
 def model_cfg(name):
     return SEG["models"][name]
+
+
+def segment_backend(name):
+    """train (our checkpoint) | nnunet (an nnU-Net v2 model folder) | onnx (an exported model)."""
+    m = model_cfg(name)
+    for kind in ("train", "nnunet", "onnx"):
+        if kind in m:
+            return kind
+    raise WorkflowError(
+        f"segmentation model {name!r} needs a `train`, `nnunet` or `onnx` section"
+    )
+
+
+def segment_model_input(name):
+    """The file(s) a segmentation job needs for its model (Hub models are fetched by the job)."""
+    kind, m = segment_backend(name), model_cfg(name)
+    if kind == "train":
+        return [f"results/models/{name}/checkpoint.pt"]
+    if kind == "onnx":
+        return [m["onnx"]["file"]]
+    folder = m["nnunet"].get("folder")
+    return [os.path.join(folder, "plans.json")] if folder else []
 
 
 def segment_batches():
@@ -163,7 +187,7 @@ EXPORT = config.get("export", {"activate": False})
 def export_targets():
     if not EXPORT.get("activate"):
         return []
-    t = [f"results/export/{m}/parity.json" for m in MODELS]
+    t = [f"results/export/{m}/parity.json" for m in TRAINED]
     t += [f"results/export/{n}/parity.json" for n in EXPORT.get("nnunet", {})]
     if EXPORT.get("minilm", False):
         t.append("results/export/minilm/parity.json")
@@ -219,7 +243,7 @@ def figure_targets():
         names += ["thickness_by_group", "femoral_thickness_maps"]
     if "results/tables/t2.csv" in cohort_tables():
         names.append("t2_by_group")
-    if MODELS:
+    if TRAINED:
         names.append("training_curves")
         if DICE_IDS:
             names.append("dice")

@@ -19,7 +19,7 @@ rule export_model:
     benchmark:
         "results/benchmarks/export/{model}.tsv"
     wildcard_constraints:
-        model="|".join(MODELS) if MODELS else "^$",
+        model="|".join(TRAINED) if TRAINED else "^$",
     conda:
         "../envs/export.yaml"
     threads: 1

@@ -66,7 +66,7 @@ rule fig_dice:
 
 rule fig_training:
     input:
-        metrics=[f"results/models/{m}/metrics.csv" for m in MODELS],
+        metrics=[f"results/models/{m}/metrics.csv" for m in TRAINED],
     output:
         **fig_outputs("training_curves"),
     log:
@@ -75,7 +75,7 @@ rule fig_training:
     conda:
         "../envs/figures.yaml"
     params:
-        models=MODELS,
+        models=TRAINED,
     script:
         "../scripts/figures/training.py"
 

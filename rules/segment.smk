@@ -70,7 +70,7 @@ for _model, _batch, _ids in segment_batches():
         name:
             f"segment_{_model}_{_batch}"
         input:
-            checkpoint=f"results/models/{_model}/checkpoint.pt",
+            model=segment_model_input(_model),
             images=[f"results/{s}/image.nii.gz" for s in _ids],
         output:
             nii=[f"results/{s}/labels/{_model}.nii.gz" for s in _ids],
@@ -90,6 +90,8 @@ for _model, _batch, _ids in segment_batches():
             lib=library_hash("inference", "models"),
             device=DEVICE,
             mirror=config["segmentation"].get("mirror", True),
+            backend=segment_backend(_model),
+            entry=model_cfg(_model),
         script:
             "../scripts/segment.py"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kneeflow import shape
+from kneeflow import bscore as shape
 from kneeflow.rule import run, write_table
 
 

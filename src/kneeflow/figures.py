@@ -336,6 +336,12 @@ def export_parity(parity: list[dict], out) -> pd.DataFrame:
         for measure, g in d.groupby("measure"):
             ax.scatter([labels.index(x) for x in g["label"]], g["value"].clip(lower=1e-9), marker=markers[measure],
                        s=40, label=measure, edgecolor="k", linewidth=0.4)
+        skipped = data[data["measure"] == "not measured"]
+        for _, r in skipped.iterrows():
+            lab = f"{r['model']}\n{r['format']}"
+            labels.append(lab)
+            ax.annotate("not run\n(needs macOS)", (len(labels) - 1, 0), xycoords=("data", "axes fraction"),
+                        xytext=(0, 12), textcoords="offset points", ha="center", fontsize=7, color="#777")
         ax.axhline(1e-4, color="#a33", ls="--", lw=0.8)
         ax.text(len(labels) - 0.5, 1e-4, "ONNX target 1e-4", color="#a33", va="bottom", ha="right", fontsize=8)
         ax.axhline(1e-5, color="#555", ls=":", lw=0.8)

@@ -102,6 +102,49 @@ class Segmenter:
         return sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref)
 
 
+class OnnxNet:
+    """An exported ONNX segmentation network behind the interface :class:`Segmenter` uses (torch in/out)."""
+
+    def __init__(self, path, device: str = "cpu"):
+        import onnxruntime as ort
+
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else \
+            ["CPUExecutionProvider"]
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), so, providers=providers)
+        self.input = self.session.get_inputs()[0].name
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    def __call__(self, x):
+        import torch
+
+        out = self.session.run(None, {self.input: x.detach().cpu().numpy().astype(np.float32)})[0]
+        return torch.from_numpy(out).to(x.device)
+
+
+def onnx_segmenter(path, device: str = "cpu", **kw) -> Segmenter:
+    """A :class:`Segmenter` running an exported ONNX model; its metadata (labels, spacing, patch size,
+    normalisation) is read from the file, as kneeflow's export writes it."""
+    import json
+
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    missing = [k for k in ("patch_size", "spacing") if k not in props]
+    if missing:
+        raise ValueError(f"{path}: ONNX model lacks kneeflow metadata {missing} (export it with kneeflow)")
+    meta = {k: json.loads(props[k]) for k in ("patch_size", "spacing", "labels") if k in props}
+    if props.get("random_weights") == "true":
+        log.warning("%s carries RANDOM weights (an architecture-only export)", path)
+    return Segmenter(OnnxNet(path, device), meta, device="cpu", **kw)
+
+
 def keep_largest_components(lab: np.ndarray, labels) -> np.ndarray:
     """Keep only the largest 26-connected component of each label in ``labels``."""
     from scipy import ndimage

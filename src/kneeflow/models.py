@@ -11,12 +11,14 @@ patch size, spacing and intensity normalisation.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+from kneeflow.provenance import sha256 as file_sha256  # noqa: F401 - one hashing function, re-exported
+from kneeflow.runtime import resolve_device  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +139,6 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict, meta: dict, extra
     os.replace(tmp, path)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while b := fh.read(1 << 20):
-            h.update(b)
-    return h.hexdigest()
-
-
 def load_checkpoint(path: str | os.PathLike, sha256: str | None = None, map_location="cpu") -> tuple[dict, dict]:
     """Load ``(state_dict, meta)`` with ``weights_only=True``; verify ``sha256`` when given.
 
@@ -177,22 +171,6 @@ def load_model(path: str | os.PathLike, sha256: str | None = None, map_location=
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return net.eval(), meta
-
-
-def resolve_device(requested: str) -> str:
-    """"cuda" when asked for and available; otherwise "cpu", with a warning when a GPU was asked for.
-
-    A SLURM job can be given a GPU that CUDA cannot see (a misconfigured node, or the tests' fake
-    gres); the job then runs on the CPU and says so in its log instead of failing.
-    """
-    if requested == "cpu":
-        return "cpu"
-    torch = _torch()
-    if torch.cuda.is_available():
-        return "cuda"
-    log.warning("a GPU was requested but CUDA is not available on %s (CUDA_VISIBLE_DEVICES=%s); running on the CPU",
-                os.uname().nodename, os.environ.get("CUDA_VISIBLE_DEVICES"))
-    return "cpu"
 
 
 # ---------------------------------------------------------------------------------------------- CLI

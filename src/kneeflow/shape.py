@@ -37,8 +37,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-class ShapeError(ValueError):
-    """A mesh or shape model that cannot be used; the message names the file and the problem."""
+from kneeflow.bscore import (ShapeError, bscore, fit_bscore, load_bscore_model,  # noqa: F401 - re-exported
+                             save_bscore_model)
 
 
 # ---------------------------------------------------------------------------------------------- meshes
@@ -411,7 +411,7 @@ def load_model(folder: str | os.PathLike, *, checkpoint: str | None = None, refe
     (the public models align to a reference mesh distributed beside them). ``sha256`` maps file name
     -> expected checksum; a mismatch is refused.
     """
-    from kneeflow.models import file_sha256
+    from kneeflow.provenance import sha256 as file_sha256
 
     torch = _torch()
     folder = Path(folder)
@@ -607,6 +607,9 @@ def fit(model: ShapeModel, knees: dict[str, dict[str, object]], sides: dict[str,
         since = torch.where(improved, torch.zeros_like(since), since + 1)
         iters = torch.where(active, iters + 1, iters)
         active &= since < patience
+        if it % 100 == 0:
+            log.info("fit iteration %d/%d: %d of %d knees still improving, mean best loss %.5f", it, iterations,
+                     int(active.sum()), k, float(best[torch.isfinite(best)].mean()) if torch.isfinite(best).any() else float("nan"))
         if not active.any():
             break
     secs = time.perf_counter() - t0
@@ -641,53 +644,6 @@ def reconstruct(model: ShapeModel, latent, alignment: Alignment | dict, *, resol
     if alignment.flips_orientation():
         faces = faces[:, ::-1]
     return pts, faces.astype(np.int64)
-
-
-# ---------------------------------------------------------------------------------------------- BScore
-
-
-def fit_bscore(latents: dict[str, list[float]], groups: dict[str, str]) -> dict:
-    """BScore model from latents of healthy and OA knees (public ``model.json`` layout)."""
-    h = np.array([latents[s] for s in latents if groups.get(s) == "healthy"], dtype=np.float64)
-    o = np.array([latents[s] for s in latents if groups.get(s) == "oa"], dtype=np.float64)
-    if len(h) < 2 or len(o) < 1:
-        raise ShapeError(f"a BScore needs >= 2 healthy and >= 1 OA knees with latents; got {len(h)} healthy, {len(o)} OA")
-    mh, mo = h.mean(0), o.mean(0)
-    diff = mo - mh
-    norm = float(np.linalg.norm(diff))
-    if norm == 0:
-        raise ShapeError("healthy and OA mean latents coincide; no BScore direction")
-    v = diff / norm
-    proj = h @ v
-    return {"bscore_vector": v.tolist(), "mean_healthy": float(mh @ v), "std_healthy": float(proj.std(ddof=1)),
-            "n_healthy": int(len(h)), "n_oa": int(len(o)), "mean_latent_healthy": mh.tolist(),
-            "mean_latent_oa": mo.tolist()}
-
-
-def bscore(model: dict, latent) -> float:
-    v = np.asarray(model["bscore_vector"], dtype=np.float64)
-    z = np.asarray(latent, dtype=np.float64)
-    if z.shape != v.shape:
-        raise ShapeError(f"latent of size {z.size} does not match the BScore vector of size {v.size}")
-    return float((z @ v - model["mean_healthy"]) / model["std_healthy"])
-
-
-def save_bscore_model(model: dict, path: str | os.PathLike) -> None:
-    _write_json(Path(path), model)
-
-
-def load_bscore_model(path: str | os.PathLike) -> dict:
-    p = Path(path)
-    try:
-        m = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ShapeError(f"{p}: unreadable BScore model ({e})") from None
-    missing = [k for k in ("bscore_vector", "mean_healthy", "std_healthy") if k not in m]
-    if missing:
-        raise ShapeError(f"{p}: BScore model lacks {missing}")
-    if not m["std_healthy"] > 0:
-        raise ShapeError(f"{p}: std_healthy must be > 0, got {m['std_healthy']}")
-    return m
 
 
 # ---------------------------------------------------------------------------------------------- synthetic

@@ -1,0 +1,241 @@
+"""nnU-Net v2 model folders as a segmentation back end, and model weights from local folders or the Hub.
+
+A trained nnU-Net v2 results folder (``Dataset.../<Trainer>__<Plans>__<configuration>/`` with
+``plans.json``, ``dataset.json`` and ``fold_<k>/checkpoint_final.pth``) is loaded once through
+``nnUNetPredictor.initialize_from_trained_model_folder`` and reused for every scan of a batch; a
+lowres -> cascade pair runs the low-resolution model first and hands its segmentation to the cascade.
+Before nnU-Net loads a checkpoint (it uses ``torch.load(weights_only=False)`` itself), kneeflow loads
+it with ``weights_only=True``, so a checkpoint that needs code to unpickle is refused.
+
+Weights: a model entry names a local ``folder`` or a Hugging Face ``hf: {repo, revision, subfolder}``
+(``huggingface_hub.snapshot_download``: honours ``HF_HUB_OFFLINE`` and the cache), and optional
+``sha256: {relative path: checksum}``; a mismatch is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kneeflow.labels import CANONICAL
+
+log = logging.getLogger(__name__)
+
+
+class ModelFolderError(ValueError):
+    """A model folder that cannot be used; the message names the folder and what is missing or wrong."""
+
+
+def fetch(entry: dict, cache_dir: str | None = None) -> Path:
+    """The local folder of a model entry: ``folder`` as given, or a Hub snapshot (offline-aware)."""
+    if entry.get("folder"):
+        folder = Path(entry["folder"])
+        if not folder.is_dir():
+            raise ModelFolderError(f"{folder}: model folder not found")
+    elif entry.get("hf"):
+        from huggingface_hub import snapshot_download
+
+        hf = entry["hf"]
+        sub = hf.get("subfolder", "").strip("/")
+        try:
+            root = snapshot_download(repo_id=hf["repo"], revision=hf.get("revision"), cache_dir=cache_dir,
+                                     allow_patterns=[f"{sub}/*", f"{sub}/**"] if sub else None)
+        except Exception as e:  # noqa: BLE001 - network, auth, offline cache miss
+            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+            raise ModelFolderError(f"huggingface {hf['repo']}@{hf.get('revision', 'main')}: cannot get the model "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                                   + ("; HF_HUB_OFFLINE is set and the files are not in the cache" if offline else "")
+                                   ) from None
+        folder = Path(root) / sub if sub else Path(root)
+    else:
+        raise ModelFolderError("a model entry needs `folder` or `hf: {repo, revision, subfolder}`")
+    verify_checksums(folder, entry.get("sha256") or {})
+    return folder
+
+
+def verify_checksums(folder: Path, sha256: dict[str, str]) -> None:
+    from kneeflow.provenance import sha256 as file_sha256
+
+    for rel, want in sha256.items():
+        p = folder / rel
+        if not p.exists():
+            raise ModelFolderError(f"{p}: file listed in sha256 is missing")
+        got = file_sha256(p)
+        if got != want.lower():
+            raise ModelFolderError(f"{p}: sha256 mismatch: expected {want}, got {got}")
+
+
+def check_folder(folder: Path, folds, checkpoint: str) -> list:
+    """Refuse folders without plans/dataset json or checkpoints, before nnU-Net tries (and fails obscurely)."""
+    for f in ("plans.json", "dataset.json"):
+        if not (folder / f).exists():
+            raise ModelFolderError(f"{folder}: not an nnU-Net model folder ({f} missing)")
+    if folds is None:
+        folds = sorted(int(p.name.split("_")[1]) if p.name.split("_")[1].isdigit() else p.name.split("_", 1)[1]
+                       for p in folder.glob("fold_*") if (p / checkpoint).exists())
+        if not folds:
+            raise ModelFolderError(f"{folder}: no fold_*/{checkpoint}")
+    for k in folds:
+        ck = folder / f"fold_{k}" / checkpoint
+        if not ck.exists():
+            raise ModelFolderError(f"{ck}: checkpoint missing")
+        _safe_check(ck)
+    return list(folds)
+
+
+def _numpy_data_globals() -> list:
+    """numpy scalar and dtype constructors: data, not code (nnU-Net's checkpoints log numpy floats)."""
+    import numpy
+
+    core = getattr(numpy, "_core", None) or numpy.core
+    out = [core.multiarray.scalar, numpy.dtype]
+    out += [getattr(numpy.dtypes, n) for n in dir(numpy.dtypes) if n.endswith("DType")]
+    return out
+
+
+def _safe_check(path: Path) -> None:
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ModelFolderError(f"{path}: not a safe weights-only checkpoint or corrupt "
+                               f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''})"
+                               ) from None
+
+
+def label_mapping(dataset_json: dict, convention: str = "canonical") -> dict[int, int]:
+    """nnU-Net label value -> canonical value (by structure name; identity for canonical models)."""
+    labels = dataset_json["labels"]
+    out = {}
+    for name, v in labels.items():
+        if isinstance(v, (list, tuple)):  # region-based models are not segmentation label maps
+            raise ModelFolderError(f"region-based nnU-Net label {name!r} is not supported")
+        if name in ("background",):
+            out[int(v)] = 0
+        elif name in CANONICAL:
+            out[int(v)] = CANONICAL[name]
+        elif convention == "canonical":
+            out[int(v)] = int(v)
+        else:
+            raise ModelFolderError(f"nnU-Net label {name!r} has no canonical counterpart")
+    return out
+
+
+class NnunetSegmenter:
+    """One loaded nnU-Net predictor (optionally with its lowres stage), many scans."""
+
+    def __init__(self, folder, folds=None, checkpoint: str = "checkpoint_final.pth", device: str = "cpu",
+                 mirror: bool = True, previous_stage: dict | None = None, tile_step_size: float = 0.5):
+        import torch
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        self.folder = Path(folder)
+        folds = check_folder(self.folder, folds, checkpoint)
+        self.predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=mirror,
+                                         perform_everything_on_device=device.startswith("cuda"),
+                                         device=torch.device(device), verbose=False, verbose_preprocessing=False,
+                                         allow_tqdm=False)
+        self.predictor.initialize_from_trained_model_folder(str(self.folder), use_folds=tuple(folds),
+                                                            checkpoint_name=checkpoint)
+        self.mapping = label_mapping(json.loads((self.folder / "dataset.json").read_text()))
+        self.previous = None
+        if previous_stage:
+            self.previous = NnunetSegmenter(fetch(previous_stage), previous_stage.get("folds"),
+                                            previous_stage.get("checkpoint", "checkpoint_final.pth"), device, mirror)
+        log.info("nnU-Net model %s folds %s loaded on %s", self.folder, folds, device)
+
+    def predict_array(self, arr_zyx: np.ndarray, spacing_zyx) -> np.ndarray:
+        """nnU-Net's own labels for a (z, y, x) array (the axis order of its SimpleITK reader)."""
+        props = {"spacing": [float(s) for s in spacing_zyx]}
+        prev = None
+        if self.previous is not None:
+            prev = self.previous.predict_array(arr_zyx, spacing_zyx)
+        return self.predictor.predict_single_npy_array(arr_zyx[None].astype(np.float32), props, prev, None, False)
+
+    def predict(self, image):
+        """Canonical label map (SimpleITK, uint8) on ``image``'s grid."""
+        import SimpleITK as sitk
+
+        from kneeflow.inference import BONE_LABELS, keep_largest_components
+
+        arr = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))
+        seg = self.predict_array(arr, image.GetSpacing()[::-1])
+        lut = np.zeros(max(self.mapping) + 1, dtype=np.uint8)
+        for k, v in self.mapping.items():
+            lut[k] = v
+        lab = keep_largest_components(lut[np.asarray(seg, dtype=np.int64)], BONE_LABELS)
+        out = sitk.GetImageFromArray(lab)
+        out.CopyInformation(image)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- a tiny model
+
+
+def train_tiny(workdir: str | os.PathLike, n_cases: int = 6, spacing: float = 2.0, epochs: int = 2,
+               iterations: int = 20, seed: int = 0) -> Path:
+    """Train a small nnU-Net v2 (3d_fullres) on synthetic knees, for tests and benchmarks.
+
+    Writes nnUNet_raw / nnUNet_preprocessed / nnUNet_results under ``workdir`` and returns the trained
+    model folder. A few iterations only: the point is a real nnU-Net folder, not a good model.
+    """
+    import random
+
+    import SimpleITK as sitk
+    import torch
+
+    from kneeflow import phantom
+
+    wd = Path(workdir)
+    env = {"nnUNet_raw": wd / "raw", "nnUNet_preprocessed": wd / "preprocessed", "nnUNet_results": wd / "results"}
+    for k, v in env.items():
+        v.mkdir(parents=True, exist_ok=True)
+        os.environ[k] = str(v)
+    os.environ.setdefault("nnUNet_n_proc_DA", "1")
+    ds = env["nnUNet_raw"] / "Dataset901_KneeTiny"
+    (ds / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (ds / "labelsTr").mkdir(parents=True, exist_ok=True)
+    for i in range(n_cases):
+        k = phantom.synthesize(1000 + i, "left" if i % 2 else "right", oa=(i % 3) / 3, spacing=spacing, mese=False)
+
+        def img(a, dtype):
+            im = sitk.GetImageFromArray(np.ascontiguousarray(a.transpose(2, 1, 0)).astype(dtype))
+            im.SetSpacing(k.spacing)
+            im.SetOrigin(k.origin)
+            return im
+
+        sitk.WriteImage(img(k.image, np.float32), str(ds / "imagesTr" / f"knee_{i:03d}_0000.nii.gz"))
+        sitk.WriteImage(img(k.labels, np.uint8), str(ds / "labelsTr" / f"knee_{i:03d}.nii.gz"))
+    labels = {"background": 0, **{n: v for n, v in sorted(CANONICAL.items(), key=lambda kv: kv[1])}}
+    (ds / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": labels,
+                                                 "numTraining": n_cases, "file_ending": ".nii.gz"}, indent=1))
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
+                                                                      preprocess)
+
+    extract_fingerprints([901], num_processes=1, check_dataset_integrity=True, verbose=False,
+                         show_progress_bar=False)
+    plans_id = plan_experiments([901])
+    preprocess([901], plans_id, configurations=("3d_fullres",), num_processes=(1,), verbose=False)
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    pre = env["nnUNet_preprocessed"] / "Dataset901_KneeTiny"
+    plans = load_json(str(pre / f"{plans_id}.json"))
+    # the tiny model: patch 48^3 at the planned spacing
+    plans["configurations"]["3d_fullres"]["patch_size"] = [48, 48, 48]
+    plans["continue_training"] = False  # what nnU-Net's own run_training sets
+    trainer = nnUNetTrainer(plans, "3d_fullres", 0, load_json(str(pre / "dataset.json")), device=torch.device("cpu"))
+    trainer.num_epochs = epochs
+    trainer.num_iterations_per_epoch = iterations
+    trainer.num_val_iterations_per_epoch = 2
+    trainer.run_training()
+    return Path(trainer.output_folder_base)
