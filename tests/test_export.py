@@ -223,3 +223,15 @@ def test_totalsegmentator_style_network_exports_with_random_weights_labelled(tmp
     assert rec["artifacts"]["onnx"]["max_abs"] <= 1e-4
     assert m.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 105
     assert (tmp_path / "totalseg_total_fp16.mlpackage" / "Manifest.json").exists()
+
+
+def test_parity_over_tolerance_fails_the_export():
+    rec = {"name": "m", "artifacts": {"onnx": {"max_abs": 2e-4}}}
+    with pytest.raises(export.ExportError, match="m: onnx parity 0.0002 exceeds 0.0001"):
+        export.require_parity(rec, "onnx", 1e-4)
+    rec = {"name": "m", "artifacts": {"onnx": {"max_abs": 1e-6, "dynamic_check": {"max_rel": 0.3}}}}
+    with pytest.raises(export.ExportError, match="dynamic-shape parity"):
+        export.require_parity(rec, "onnx", 1e-4)
+    with pytest.raises(export.ExportError, match="no coreml_fp32 artifact"):
+        export.require_parity(rec, "coreml_fp32", 1e-4)
+    export.require_parity({"name": "m", "artifacts": {"onnx": {"max_abs": 5e-5}}}, "onnx", 1e-4)

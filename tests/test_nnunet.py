@@ -81,6 +81,8 @@ def test_workflow_backend_gives_nnunets_own_labels(tiny, scans, tmp_path):
            "segmentation": {"activate": True, "batch_size": 8, "mirror": True,
                             "models": {"tiny": {"nnunet": {"folder": str(tiny), "folds": [0]}}}}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text((ROOT / "config" / "config.yaml").read_text())
     targets = [f"results/scan{i}/labels/tiny.nii.gz" for i in range(2)]
     r = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "-s", str(ROOT / "Snakefile"), "-d",
                         str(tmp_path), "--configfile", str(tmp_path / "cfg.yaml"), "--cores", "2", *targets],

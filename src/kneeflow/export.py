@@ -417,8 +417,8 @@ def minilm_module(model_dir: str | os.PathLike):
 
         def forward(self, input_ids, attention_mask):
             ids = input_ids.to(torch.int64)
-            m = attention_mask.to(torch.float32)
             x = self.bert.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
+            m = attention_mask.to(x.dtype)
             add = ((1.0 - m) * -1e4)[:, None, None, :]  # (B, 1, 1, T) additive mask
             b, t, c = x.shape
             hd = c // self.heads
@@ -523,18 +523,20 @@ def export_minilm(out_dir: str | os.PathLike, *, seq_len: int = 128, formats=("o
     return rec
 
 
-def require_parity(rec: dict, fmt: str, atol: float, rtol: float = 1e-5) -> None:
+def require_parity(rec: dict, fmt: str, atol: float, dynamic_rtol: float = 1e-4) -> None:
     """Raise when an artifact's measured max abs error exceeds ``atol`` (the record stays for inspection)."""
     a = rec["artifacts"].get(fmt)
     if a is None:
         raise ExportError(f"{rec['name']}: no {fmt} artifact was produced")
     if not a["max_abs"] <= atol:
         raise ExportError(f"{rec['name']}: {fmt} parity {a['max_abs']:.3g} exceeds {atol} (see parity.json)")
-    # the second, larger input of the dynamic-axes check: float32 rounding grows with depth and size,
-    # so it is held to a relative bound
+    # the second, larger input of the dynamic-axes check proves the axes work (a wrong graph errs by
+    # O(1)); float32 rounding grows with depth and size (1.4e-5 relative for the 31 M-parameter
+    # TotalSegmentator-style network at 2x96^3), so it is held to a relative bound
     dyn = a.get("dynamic_check")
-    if dyn and not dyn["max_rel"] <= rtol:
-        raise ExportError(f"{rec['name']}: {fmt} dynamic-shape parity {dyn['max_rel']:.3g} (relative) exceeds {rtol}")
+    if dyn and not dyn["max_rel"] <= dynamic_rtol:
+        raise ExportError(f"{rec['name']}: {fmt} dynamic-shape parity {dyn['max_rel']:.3g} (relative) exceeds "
+                          f"{dynamic_rtol}")
 
 
 # ---------------------------------------------------------------------------------------------- nnU-Net
