@@ -19,16 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 STATUS = ROOT / "docs" / "export_status"
 PLAIN_PLANS = ROOT / "config" / "nnunet" / "totalseg_total_3d_fullres" / "nnUNetPlans.json"
 
-# (registry entry, kwargs, spatial size, heavy): heavy = tens of millions of parameters; run with
-# `make test-heavy` (CI runs the light ones; the committed table has every row)
+# (registry entry, kwargs, spatial size, heavy): heavy = millions of parameters or 64^3 inputs, minutes
+# each; run with `make test-heavy` (CI runs the light ones, which cover every rewrite: GroupNorm,
+# InstanceNorm, ConvTranspose3d with output_padding, attention; the committed table has every row)
 ARCHS = [
     ("basicunet", {"features": (8, 8, 16, 32, 64, 8)}, 32, False),
     ("unet", {"channels": (8, 16, 32, 64), "strides": (2, 2, 2)}, 32, False),
     ("unetr", {"img_size": (32, 32, 32), "feature_size": 8, "hidden_size": 96, "mlp_dim": 192, "num_heads": 4}, 32, False),
-    ("swinunetr", {"feature_size": 12}, 64, False),
+    ("swinunetr", {"feature_size": 12}, 64, True),
     ("mednext_custom", {"init_filters": 8, "blocks_down": [1, 1, 1, 1], "blocks_bottleneck": 1,
                         "blocks_up": [1, 1, 1, 1]}, 32, False),
-    ("mednext_s", {}, 32, False),
+    ("mednext_s", {}, 32, True),
     ("mednext_s_k5", {}, 32, True),
     ("mednext_b", {}, 32, True),
     ("mednext_b_k5", {}, 32, True),
