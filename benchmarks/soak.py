@@ -82,10 +82,12 @@ def main() -> None:
     rows, bad = make_inputs(out / "data", a.knees, a.spacing, rng)
     t_gen = time.perf_counter() - t0
     if a.segment:
-        for r in rows[: max(4, a.knees // 10)]:
-            r["split"] = "train"
-        for r in rows[max(4, a.knees // 10):]:
-            r["split"] = "test"
+        # the model trains on good knees only (one bad training scan would block training, by design:
+        # a model is never trained on a partial set); bad knees are in the segmented (test) split
+        n_train = max(4, a.knees // 10)
+        good_ids = [r["sample"] for r in rows if r["sample"] not in bad][:n_train]
+        for r in rows:
+            r["split"] = "train" if r["sample"] in good_ids else "test"
     cols = ["sample", "side", "image", "echoes", "labels", "label_convention", "split", "reference_labels"]
     (out / "run" / "config" / "samples.tsv").write_text(
         "\n".join(["\t".join(cols)] + ["\t".join(str(r.get(c, "")) for c in cols) for r in rows]) + "\n")
