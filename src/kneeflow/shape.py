@@ -531,9 +531,9 @@ def train(shapes: dict[str, dict[str, object]], sides: dict[str, str], cfg: dict
         sched.step()
         if step % max(1, steps // 10) == 0 or step == steps - 1:
             history.append({"step": step, "loss": float(loss.detach()), "seconds": round(time.perf_counter() - t0, 2)})
-            log.info("NSM step %d/%d loss %.5f", step, steps, float(loss))
+            log.info("NSM step %d/%d loss %.5f", step, steps, float(loss.detach()))
             if progress:
-                progress(step, steps, float(loss))
+                progress(step, steps, float(loss.detach()))
     cfg = {**cfg, "history": history, "train_seconds": round(time.perf_counter() - t0, 2)}
     latents = {s: [float(x) for x in lat[i].detach().cpu().numpy()] for i, s in enumerate(ids)}
     return ShapeModel(cfg, dec.eval(), reference, latents)
