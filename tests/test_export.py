@@ -161,7 +161,9 @@ def test_registry_architecture_exports(tmp_path, name, kw, size):
     assert a["onnx"]["max_abs"] <= 1e-4, a["onnx"]
     assert a["onnx"]["argmax_agreement_pct"] >= 99.9
     if dynamic != "none":
-        assert a["onnx"]["dynamic_check"]["max_rel"] <= 1e-5
+        # the larger second input: float32 rounding grows with depth (1.6e-5 relative for the 6-stage
+        # PlainConvUNet); a broken dynamic axis errs by O(1). Same bound as export.require_parity.
+        assert a["onnx"]["dynamic_check"]["max_rel"] <= 1e-4
     for prec in ("fp32", "fp16"):
         pkg = tmp_path / f"{name}_{prec}.mlpackage"
         assert pkg.is_dir() and (pkg / "Manifest.json").exists()
