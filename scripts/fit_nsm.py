@@ -1,10 +1,9 @@
 """Fit the shape model's latent to a batch of femurs (one model load, one batched optimisation)."""
 
-import json
-import os
 from pathlib import Path
 
 from kneeflow import runtime, shape
+from kneeflow.io import write_json
 from kneeflow.provenance import sha256
 from kneeflow.mesh import write_vtk
 from kneeflow.rule import run
@@ -35,9 +34,7 @@ def main(sm):
                "latent": r.latent, "alignment": r.alignment, "scale": r.alignment["scale"],
                "centre": r.alignment["centre"], "iterations": r.iterations, "loss": r.loss,
                "seconds": r.seconds, "assd_mm": dist["assd"], "hd95_mm": dist["hd95"]}
-        tmp = Path(out_json).with_name(f".{Path(out_json).name}.part")
-        tmp.write_text(json.dumps(rec, indent=1) + "\n")
-        os.replace(tmp, out_json)
+        write_json(rec, out_json)
     return {str(sm.input.checkpoint): sha256(sm.input.checkpoint)}
 
 

@@ -362,9 +362,9 @@ def export_segmentation(net, meta: dict, out_dir: str | os.PathLike, name: str, 
             info["fp16_reference"] = ("not measured: skipped by the caller (PyTorch fp16 Conv3d on a CPU takes "
                                       "minutes for large networks)")
         rec["artifacts"][f"coreml_{prec}"] = {"file": p.name, **info}
-    tmp = out_dir / ".parity.json.part"
-    tmp.write_text(json.dumps(rec, indent=1) + "\n")
-    os.replace(tmp, out_dir / "parity.json")
+    from kneeflow.io import write_json
+
+    write_json(rec, out_dir / "parity.json")
     return rec
 
 
@@ -517,9 +517,9 @@ def export_minilm(out_dir: str | os.PathLike, *, seq_len: int = 128, formats=("o
                 h = half(torch.as_tensor(ids), torch.as_tensor(mask)).float().numpy()
             info["torch_fp16_vs_fp32"] = compare(ref, h, class_axis=None)
         rec["artifacts"][f"coreml_{prec}"] = {"file": p.name, "flexible_tokens": [1, seq_len], **info}
-    tmp = out_dir / ".parity.json.part"
-    tmp.write_text(json.dumps(rec, indent=1) + "\n")
-    os.replace(tmp, out_dir / "parity.json")
+    from kneeflow.io import write_json
+
+    write_json(rec, out_dir / "parity.json")
     return rec
 
 

@@ -393,14 +393,10 @@ def save_model(model: ShapeModel, folder: str | os.PathLike) -> None:
     tmp = folder / f".{CHECKPOINT_NAME}.part"
     torch.save({"model": model.decoder.state_dict(), "reference": torch.as_tensor(model.reference, dtype=torch.float64)}, tmp)
     os.replace(tmp, folder / CHECKPOINT_NAME)
-    _write_json(folder / CONFIG_NAME, model.cfg)
-    _write_json(folder / "latents.json", model.latents)
+    from kneeflow.io import write_json
 
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json(model.cfg, folder / CONFIG_NAME)
+    write_json(model.latents, folder / "latents.json")
 
 
 def load_model(folder: str | os.PathLike, *, checkpoint: str | None = None, reference_mesh: str | None = None,
