@@ -1,4 +1,5 @@
 # Sample-sheet helpers; the logic lives in kneeflow.samples (tested on its own).
+import re
 from snakemake.exceptions import WorkflowError
 
 from kneeflow.labels import BUILTIN_CONVENTIONS
@@ -111,6 +112,17 @@ def segment_batches():
     for m in MODELS:
         for b in range(0, len(SEGMENT_IDS), n):
             yield m, b // n, SEGMENT_IDS[b : b + n]
+
+
+# sample -> its batch index (the same for every model)
+SEGMENT_BATCH = {
+    s: i // max(1, int(SEG.get("batch_size", 8))) for i, s in enumerate(SEGMENT_IDS)
+}
+
+
+def segment_staging(model, batch):
+    """Where a batch job leaves its label maps (one per scan it could read) and manifest.json."""
+    return f"results/models/{model}/segmented/batch{batch}"
 
 
 def row(wc):

@@ -59,11 +59,19 @@ rule train_model:
         train_labels=lambda wc: [f"results/{s}/labels/provided.nii.gz" for s in FIT_IDS],
         val_images=lambda wc: [f"results/{s}/image.nii.gz" for s in VAL_IDS],
         val_labels=lambda wc: [f"results/{s}/labels/provided.nii.gz" for s in VAL_IDS],
+        val_sides=lambda wc: [SAMPLES.at[s, "side"] for s in VAL_IDS],
         device=DEVICE,
     script:
         "../scripts/train_model.py"
 
 
+# Segmentation in two steps, so that one bad scan never holds back the others of its batch:
+# - one job per batch loads the model once and reads each scan itself from the sheet (the same
+#   checks as `ingest`), so it does not wait on the batch's ingest jobs; a scan it cannot read or
+#   segment is recorded in the batch's manifest.json and the job goes on with the next;
+# - one small job per scan checks the label map against the ingested image and writes it to
+#   results/<sample>/labels/<model>.nii.gz + .nrrd. A bad scan fails in its own ingest job (and, if
+#   the model failed on it alone, in this job, with the batch's message).
 for _model, _batch, _ids in segment_batches():
 
     rule:
@@ -71,10 +79,9 @@ for _model, _batch, _ids in segment_batches():
             f"segment_{_model}_{_batch}"
         input:
             model=segment_model_input(_model),
-            images=[f"results/{s}/image.nii.gz" for s in _ids],
+            scans=[SAMPLES.at[s, "image"] for s in _ids],
         output:
-            nii=[f"results/{s}/labels/{_model}.nii.gz" for s in _ids],
-            nrrd=[f"results/{s}/labels/{_model}.nrrd" for s in _ids],
+            staging=directory(segment_staging(_model, _batch)),
         log:
             f"results/logs/segment/{_model}_{_batch}.log",
         benchmark:
@@ -87,13 +94,37 @@ for _model, _batch, _ids in segment_batches():
             mem_mb=lambda wc, attempt: 6000 * attempt,
             runtime=lambda wc, attempt: 60 * attempt,
         params:
-            lib=library_hash("inference", "models"),
+            lib=library_hash("inference", "models", "io"),
+            samples=_ids,
+            sides=[SAMPLES.at[s, "side"] for s in _ids],
             device=DEVICE,
             mirror=config["segmentation"].get("mirror", True),
             backend=segment_backend(_model),
             entry=model_cfg(_model),
         script:
             "../scripts/segment.py"
+
+
+rule segment_labels:
+    input:
+        staging=lambda wc: segment_staging(wc.model, SEGMENT_BATCH[wc.sample]),
+        image="results/{sample}/image.nii.gz",
+    output:
+        nii="results/{sample}/labels/{model}.nii.gz",
+        nrrd="results/{sample}/labels/{model}.nrrd",
+    log:
+        "results/logs/segment_labels/{sample}_{model}.log",
+    wildcard_constraints:
+        model="|".join(re.escape(m) for m in MODELS) or "(?!)",
+    localrule: True
+    conda:
+        "../envs/segment.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
+    script:
+        "../scripts/segment_labels.py"
 
 
 rule dice:

@@ -10,7 +10,7 @@ from kneeflow.training import TrainConfig, train
 def main(sm):
     p = sm.params
     cfg = TrainConfig(**p.train)
-    train(list(zip(p.train_images, p.train_labels)), list(zip(p.val_images, p.val_labels)),
+    train(list(zip(p.train_images, p.train_labels)), list(zip(p.val_images, p.val_labels, p.val_sides)),
           Path(sm.output.checkpoint).parent, cfg, device=resolve_device(p.device))
 
 

@@ -124,7 +124,9 @@ def test_gpu_stages_ran_in_the_gpu_partition_with_a_gpu(runs):
     assert ck["device"]["slurm"]["job_partition"] == "gpu"
     assert ck["device"]["slurm"].get("gpus_on_node") == "1" or ck["device"]["slurm"].get("job_gpus") is not None
     seg = json.loads((wd / "results" / "c2" / "labels" / "tiny.nii.gz.prov.json").read_text())
-    assert seg["device"]["slurm"]["job_partition"] == "gpu"
+    # the labels were segmented by the batch job on the GPU partition (then checked and written locally)
+    assert seg["segmented_by"]["device"]["slurm"]["job_partition"] == "gpu"
+    assert seg["segmented_by"]["rule"].startswith("segment_tiny_")
     th = json.loads((wd / "results" / "c0" / "thickness.csv.prov.json").read_text())
     assert th["device"]["slurm"]["job_partition"] == "cpu"
     assert "gpus_on_node" not in th["device"]["slurm"]

@@ -26,7 +26,7 @@ FAST = {"thickness": {"activate": True, "ray_in_mm": 2.5, "ray_out_mm": 10.0, "f
 def _workdir(tmp: Path, rows: list[dict], extra: dict | None = None) -> Path:
     (tmp / "config").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "config" / "config.yaml", tmp / "config" / "config.yaml")
-    cols = ["sample", "side", "image", "sequence", "echoes", "labels", "label_convention"]
+    cols = ["sample", "side", "image", "sequence", "echoes", "labels", "label_convention", "split"]
     lines = ["\t".join(cols)] + ["\t".join(str(r.get(c, "")) for c in cols) for r in rows]
     (tmp / "config" / "samples.tsv").write_text("\n".join(lines) + "\n")
     cfg = {"samples": "config/samples.tsv", "allowed_roots": [".."], **FAST, **(extra or {})}
@@ -263,6 +263,45 @@ def test_training_resumes_after_kill_with_identical_weights(tmp_path):
     for k in a:
         assert np.array_equal(a[k].numpy(), b[k].numpy()), k
     assert (ref / "metrics.csv").read_text() .count("\n") == (out / "metrics.csv").read_text().count("\n") == 4
+
+
+@pytest.mark.slow
+def test_bad_scan_does_not_hold_back_its_segmentation_batch(tmp_path):
+    """One segmentation job serves a batch of scans; a corrupt scan in it fails alone."""
+    data = tmp_path / "data"
+    rows = []
+    for name, seed, split in (("tr0", 71, "train"), ("tr1", 72, "train"), ("te0", 73, "test"), ("te1", 74, "test")):
+        _knee(data / name, seed, spacing=2.0)
+        rows.append({"sample": name, "side": "right", "image": f"../../data/{name}/image.nii.gz",
+                     "labels": f"../../data/{name}/labels.nii.gz" if split == "train" else "",
+                     "label_convention": "canonical", "split": split})
+    raw = (data / "te1" / "image.nii.gz").read_bytes()
+    (data / "bad.nii.gz").write_bytes(raw[: len(raw) // 3])
+    rows.insert(3, {"sample": "bad", "side": "right", "image": "../../data/bad.nii.gz", "label_convention": "canonical",
+                    "split": "test"})
+    seg = {"activate": True, "batch_size": 8, "validation_cases": 1, "mirror": False, "models": {"tiny": {"train": {
+        "arch": TINY, "patch_size": [32, 32, 32], "epochs": 1, "iterations_per_epoch": 2, "threads": 1}}}}
+    wd = _workdir(tmp_path / "run", rows, {"segmentation": seg})
+    targets = [f"results/{s}/labels/tiny.nii.gz" for s in ("te0", "bad", "te1")]
+    r = _snakemake(wd, "--keep-going", *targets)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    res = wd / "results"
+    # one batch job for all three scans, and the good ones got their labels on their ingested grid
+    assert len(list((res / "logs" / "segment").glob("*.log"))) == 1
+    for s in ("te0", "te1"):
+        lab, img = sitk.ReadImage(str(res / s / "labels" / "tiny.nii.gz")), sitk.ReadImage(str(res / s / "image.nii.gz"))
+        assert lab.GetSize() == img.GetSize() and lab.GetOrigin() == img.GetOrigin(), s
+        assert (res / s / "labels" / "tiny.nrrd").exists()
+    # the bad scan failed in its own job with the file and the problem, and left nothing behind
+    assert any("sample=bad:" in ln and "bad.nii.gz" in ln and "truncated or corrupt gzip" in ln for ln in out.splitlines())
+    assert not (res / "bad" / "labels" / "tiny.nii.gz").exists()
+    assert not list(res.rglob("*.part*"))
+    import json
+
+    manifest = json.loads(next((res / "models" / "tiny" / "segmented").glob("batch*/manifest.json")).read_text())
+    assert "truncated or corrupt gzip" in manifest["samples"]["bad"]["error"]
+    assert set(manifest["samples"]) == {"te0", "bad", "te1"}
 
 
 # ---------------------------------------------------------------------------------------- safe loading

@@ -287,6 +287,8 @@ def segmentation_metadata(meta: dict, *, random_weights: bool = False) -> dict:
             "normalisation": meta.get("normalisation", "zscore"), "architecture": meta.get("arch", {}).get("name"),
             "kneeflow_version": __version__, "random_weights": random_weights,
             "spatial_divisor": meta.get("spatial_divisor", 16),
+            # "side": the network does not tell medial from lateral; assign them from the knee's side
+            "medial_lateral": meta.get("medial_lateral", "model"),
             "description": f"kneeflow segmentation network {meta.get('arch', {}).get('name', '?')}"
                            + (" (RANDOM WEIGHTS: architecture only)" if random_weights else "")}
 

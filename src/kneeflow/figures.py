@@ -235,7 +235,8 @@ def training_curves(metrics: dict[str, pd.DataFrame], out) -> pd.DataFrame:
     for name, m in metrics.items():
         axes[0].plot(m.epoch + 1, m.train_loss, marker="o", label=name)
         for col in [c for c in m.columns if c.startswith("val_dice_")]:
-            axes[1].plot(m.epoch + 1, m[col], marker=".", label=f"{name}: {col[9:]}")
+            ok = m[col].notna()  # validation runs every `val_every` epochs
+            axes[1].plot(m.epoch[ok] + 1, m[col][ok], marker=".", label=f"{name}: {col[9:]}")
             rows += [{"model": name, "epoch": int(e), "metric": col, "value": v} for e, v in zip(m.epoch, m[col])]
         rows += [{"model": name, "epoch": int(e), "metric": "train_loss", "value": v} for e, v in zip(m.epoch, m.train_loss)]
     if metrics:

@@ -70,8 +70,12 @@ class Segmenter:
                     probs = 0.5 * (probs + torch.softmax(run(torch.flip(x, dims=[4]), torch.device("cpu")), 1).flip(4))
         return probs[0].float().cpu().numpy()
 
-    def predict(self, image):
-        """Label map (SimpleITK, uint8, canonical labels) on ``image``'s own grid."""
+    def predict(self, image, side: str | None = None):
+        """Label map (SimpleITK, uint8, canonical labels) on ``image``'s own grid.
+
+        With ``side`` ("left"/"right") medial and lateral tibial cartilage and menisci are assigned by
+        which side of the tibial midline they lie on (:func:`assign_medial_lateral`).
+        """
         import SimpleITK as sitk
 
         from kneeflow.training import normalise, resample_to_spacing
@@ -86,18 +90,20 @@ class Segmenter:
                 pc.CopyInformation(work)
                 chans.append(sitk.GetArrayFromImage(sitk.Resample(pc, img, sitk.Transform(), sitk.sitkLinear, 0.0)))
             probs = np.stack(chans)
-        lab = np.argmax(probs, axis=0).astype(np.uint8)
-        out = sitk.GetImageFromArray(keep_largest_components(lab, BONE_LABELS))
+        lab = keep_largest_components(np.argmax(probs, axis=0).astype(np.uint8), BONE_LABELS)
+        if side is not None:
+            lab = assign_medial_lateral(lab, img, side)
+        out = sitk.GetImageFromArray(lab)
         out.CopyInformation(img)
         return out
 
-    def predict_arrays(self, image_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarray]:
+    def predict_arrays(self, image_path: str, labels_path: str, side: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Prediction and reference arrays on the image's grid (validation)."""
         import SimpleITK as sitk
 
         from kneeflow import io
 
-        pred = self.predict(io.read_volume(image_path))
+        pred = self.predict(io.read_volume(image_path), side)
         ref = io.read_volume(labels_path, what="label map")
         return sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref)
 
@@ -140,6 +146,7 @@ def onnx_segmenter(path, device: str = "cpu", **kw) -> Segmenter:
     if missing:
         raise ValueError(f"{path}: ONNX model lacks kneeflow metadata {missing} (export it with kneeflow)")
     meta = {k: json.loads(props[k]) for k in ("patch_size", "spacing", "labels") if k in props}
+    meta["medial_lateral"] = props.get("medial_lateral", "model")
     if props.get("random_weights") == "true":
         log.warning("%s carries RANDOM weights (an architecture-only export)", path)
     return Segmenter(OnnxNet(path, device), meta, device="cpu", **kw)
@@ -159,6 +166,46 @@ def keep_largest_components(lab: np.ndarray, labels) -> np.ndarray:
             sizes = np.bincount(cc.ravel())
             sizes[0] = 0
             out[m & (cc != int(np.argmax(sizes)))] = 0
+    return out
+
+
+#: (medial, lateral) label pairs that :func:`assign_medial_lateral` reassigns
+MEDIAL_LATERAL = ((CANONICAL["medial_tibial_cartilage"], CANONICAL["lateral_tibial_cartilage"]),
+                  (CANONICAL["medial_meniscus"], CANONICAL["lateral_meniscus"]))
+
+
+def assign_medial_lateral(lab: np.ndarray, image, side: str, slab_mm: float = 20.0) -> np.ndarray:
+    """Medial vs lateral tibial cartilage and menisci from anatomy instead of the network's guess.
+
+    The split is the patient left-right position (LPS x) of the tibial plateau's centre: the mean x of
+    the tibia's top ``slab_mm``. For a right knee medial is towards the patient's left (+x), for a
+    left knee towards the right. A network trained with left-right flips sees both knees as one and
+    can only guess medial from lateral in a patch; the union of each pair it segments well.
+    ``lab`` is a (z, y, x) array on ``image``'s grid; returns a new array.
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right' to assign medial/lateral, got {side!r}")
+    tibia = np.nonzero(lab == CANONICAL["tibia"])
+    if not len(tibia[0]):
+        log.warning("no tibia in the prediction: medial/lateral labels left as predicted")
+        return lab
+    d = np.asarray(image.GetDirection(), float).reshape(3, 3) * np.asarray(image.GetSpacing(), float)
+    org = np.asarray(image.GetOrigin(), float)
+
+    def phys(idx, axis):  # LPS coordinate ``axis`` of array indices (z, y, x)
+        return org[axis] + d[axis, 0] * idx[2] + d[axis, 1] * idx[1] + d[axis, 2] * idx[0]
+
+    sup = phys(tibia, 2)
+    top = sup >= sup.max() - slab_mm
+    mid = float(phys(tuple(i[top] for i in tibia), 0).mean())
+    out = lab.copy()
+    for med, lat in MEDIAL_LATERAL:
+        idx = np.nonzero((lab == med) | (lab == lat))
+        if not len(idx[0]):
+            continue
+        x = phys(idx, 0)
+        medial = x > mid if side == "right" else x < mid
+        out[idx] = np.where(medial, med, lat).astype(lab.dtype)
     return out
 
 

@@ -33,7 +33,9 @@ FEMORAL_SUBREGIONS: dict[str, int] = {
     "lateral_posterior_femoral_cartilage": 15,
 }
 
-#: pymskt's sample-data convention (note: differs from canonical; always remap).
+#: pymskt's sample-data convention (note: differs from canonical; always remap). The menisci and the
+#: fibula as the real label map holds them (tests/test_inference.py checks it from the anatomy: 8 is a
+#: long lateral bone below the plateau, 9 and 10 sit on the lateral and medial plateau).
 PYMSKT: dict[str, int] = {
     "femoral_cartilage": 1,
     "medial_tibial_cartilage": 2,
@@ -42,9 +44,9 @@ PYMSKT: dict[str, int] = {
     "femur": 5,
     "tibia": 6,
     "patella": 7,
-    "medial_meniscus": 8,
+    "fibula": 8,
     "lateral_meniscus": 9,
-    "fibula": 10,
+    "medial_meniscus": 10,
 }
 
 BUILTIN_CONVENTIONS: dict[str, dict[str, int]] = {"canonical": CANONICAL, "pymskt": PYMSKT}

@@ -12,7 +12,8 @@ def run(snakemake, main: Callable[[object], None]) -> None:
     """Run ``main(snakemake)`` with logging routed to ``snakemake.log[0]``.
 
     After success each output gets a provenance sidecar ``<output>.prov.json`` (see
-    :mod:`kneeflow.provenance`); ``main`` may return {weights file: sha256} to record.
+    :mod:`kneeflow.provenance`); ``main`` may return {weights file: sha256} to record, or a
+    tuple (that dict, extra record fields).
 
     On failure the log and stderr get one line ``ERROR <rule> <wildcards>: <message>`` (the message
     names the file and the problem), the traceback follows in the log only, and the job exits 1, so
@@ -28,11 +29,14 @@ def run(snakemake, main: Callable[[object], None]) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     wc = ",".join(f"{k}={v}" for k, v in dict(snakemake.wildcards).items())
     try:
-        weights = main(snakemake)
+        ret = main(snakemake)
+        # main returns nothing, {weights file: sha256}, or (weights, extra fields of the record)
+        weights, extra = ret if isinstance(ret, tuple) else (ret, {})
         from kneeflow import provenance
 
         rec = provenance.record(snakemake.rule, dict(snakemake.wildcards.items()), list(snakemake.input),
                                 dict(snakemake.params.items()), weights if isinstance(weights, dict) else None)
+        rec.update(extra)
         # what the job was given (memory and runtime grow with the attempt; gpu, partition on SLURM)
         rec["resources"] = {k: v for k, v in snakemake.resources.items() if isinstance(v, (int, float, str))}
         provenance.write_sidecars(rec, list(snakemake.output))

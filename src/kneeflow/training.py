@@ -44,6 +44,13 @@ class TrainConfig:
     ds_weights: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125, 0.0625)
     amp: bool = True
     threads: int = 0
+    # "side": medial and lateral tibial cartilage (and menisci) are one class in training and are
+    # split at inference from the knee's side and the tibial midline (kneeflow.inference.
+    # assign_medial_lateral); the left-right flips make them ambiguous in a patch anyway.
+    # "model": the network learns the distinction itself.
+    medial_lateral: str = "side"
+    # validation Dice every `val_every` epochs and after the last (blank in metrics.csv in between)
+    val_every: int = 1
     label_convention: dict = field(default_factory=lambda: dict(CANONICAL))
 
 
@@ -191,11 +198,12 @@ def train(train_cases: list[tuple[str, str]], val_cases: list[tuple[str, str]], 
         "spacing": list(cfg.spacing) if cfg.spacing else None,
         "normalisation": "zscore",
         "num_classes": cfg.num_classes,
+        "medial_lateral": cfg.medial_lateral,
         "train_config": json.loads(json.dumps(asdict(cfg))),
     }
     # resuming is only right for the same config and the same training/validation cases
     meta["train_cases"] = [[str(i), str(lbl)] for i, lbl in train_cases]
-    meta["val_cases"] = [[str(i), str(lbl)] for i, lbl in val_cases]
+    meta["val_cases"] = [[str(x) for x in case] for case in val_cases]
     cfg_key = json.dumps([meta["train_config"], meta["train_cases"], meta["val_cases"]], sort_keys=True)
     start_epoch = 0
     last = out / "checkpoint_last.pt"
@@ -220,6 +228,14 @@ def train(train_cases: list[tuple[str, str]], val_cases: list[tuple[str, str]], 
 
     t0 = time.perf_counter()
     cases = [read_case(i, lbl, cfg.spacing)[:2] for i, lbl in train_cases]
+    if cfg.medial_lateral == "side":
+        from kneeflow.inference import MEDIAL_LATERAL
+
+        for _, lab in cases:
+            for med, lat in MEDIAL_LATERAL:
+                lab[lab == lat] = med
+    elif cfg.medial_lateral != "model":
+        raise ValueError(f"medial_lateral must be 'side' or 'model', got {cfg.medial_lateral!r}")
     sampler = PatchSampler(cases, cfg.patch_size, cfg.foreground_fraction, rng)
     log.info("loaded %d training cases in %.1f s", len(cases), time.perf_counter() - t0)
     total_iters = cfg.epochs * cfg.iterations_per_epoch
@@ -250,8 +266,11 @@ def train(train_cases: list[tuple[str, str]], val_cases: list[tuple[str, str]], 
         net.eval()
         seg = Segmenter(net, {**meta, "epoch": epoch}, device=device, mirror=False)
         dices = {c: [] for c in labels}
-        for img_p, lab_p in val_cases:
-            pred, ref = seg.predict_arrays(img_p, lab_p)
+        validate = (epoch + 1) % max(1, cfg.val_every) == 0 or epoch == cfg.epochs - 1
+        for img_p, lab_p, *side in val_cases if validate else []:
+            # with the knee's side, medial/lateral as inference assigns them (flips make them ambiguous)
+            side = side[0] if side and side[0] in ("left", "right") and cfg.medial_lateral == "side" else None
+            pred, ref = seg.predict_arrays(img_p, lab_p, side)
             for c, d in dice_per_label(pred, ref, labels).items():
                 dices[c].append(d)
         names = {v: k for k, v in cfg.label_convention.items()}
