@@ -12,6 +12,8 @@ rule phantom:
         "results/logs/phantom/{sample}.log",
     benchmark:
         "results/benchmarks/phantom/{sample}.tsv"
+    # upstream of training (the demo's critical path): before the per-sample analyses
+    priority: 45
     conda:
         "../envs/ingest.yaml"
     threads: 1

@@ -11,6 +11,8 @@ rule ingest:
         "results/logs/ingest/{sample}.log",
     benchmark:
         "results/benchmarks/ingest/{sample}.tsv"
+    # upstream of training (the demo's critical path): before the per-sample analyses
+    priority: 45
     conda:
         "../envs/ingest.yaml"
     threads: 1

@@ -12,6 +12,8 @@ rule import_labels:
         nrrd="results/{sample}/labels/provided.nrrd",
     log:
         "results/logs/import_labels/{sample}.log",
+    # upstream of training (the demo's critical path): before the per-sample analyses
+    priority: 45
     conda:
         "../envs/ingest.yaml"
     threads: 1
@@ -59,7 +61,7 @@ rule train_model:
         train_labels=lambda wc: [f"results/{s}/labels/provided.nii.gz" for s in FIT_IDS],
         val_images=lambda wc: [f"results/{s}/image.nii.gz" for s in VAL_IDS],
         val_labels=lambda wc: [f"results/{s}/labels/provided.nii.gz" for s in VAL_IDS],
-        val_sides=lambda wc: [SAMPLES.at[s, "side"] for s in VAL_IDS],
+        val_sides=lambda wc: [ROWS[s]["side"] for s in VAL_IDS],
         device=DEVICE,
     script:
         "../scripts/train_model.py"
@@ -79,7 +81,7 @@ for _model, _batch, _ids in segment_batches():
             f"segment_{_model}_{_batch}"
         input:
             model=segment_model_input(_model),
-            scans=[SAMPLES.at[s, "image"] for s in _ids],
+            scans=[ROWS[s]["image"] for s in _ids],
         output:
             staging=directory(segment_staging(_model, _batch)),
         log:
@@ -96,7 +98,7 @@ for _model, _batch, _ids in segment_batches():
         params:
             lib=library_hash("inference", "models", "io"),
             samples=_ids,
-            sides=[SAMPLES.at[s, "side"] for s in _ids],
+            sides=[ROWS[s]["side"] for s in _ids],
             device=DEVICE,
             mirror=config["segmentation"].get("mirror", True),
             backend=segment_backend(_model),
@@ -130,7 +132,7 @@ rule segment_labels:
 rule dice:
     input:
         pred=lambda wc: [f"results/{s}/labels/{wc.model}.nii.gz" for s in DICE_IDS],
-        ref=lambda wc: [SAMPLES.at[s, "reference_labels"] for s in DICE_IDS],
+        ref=lambda wc: [ROWS[s]["reference_labels"] for s in DICE_IDS],
     output:
         table="results/tables/dice_{model}.csv",
     log:

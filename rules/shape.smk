@@ -23,7 +23,7 @@ rule train_nsm:
     params:
         lib=library_hash("shape", "mesh"),
         samples=NSM_TRAIN_IDS,
-        sides=lambda wc: [SAMPLES.at[s, "side"] for s in NSM_TRAIN_IDS],
+        sides=lambda wc: [ROWS[s]["side"] for s in NSM_TRAIN_IDS],
         train=SHAPE.get("train", {}),
         device=DEVICE,
     script:
@@ -55,7 +55,7 @@ for _batch, _ids in nsm_batches():
         params:
             lib=library_hash("shape", "mesh"),
             samples=_ids,
-            sides=[SAMPLES.at[s, "side"] for s in _ids],
+            sides=[ROWS[s]["side"] for s in _ids],
             fit=SHAPE.get("fit", {}),
             model=SHAPE.get("pretrained", {}),
             device=DEVICE,
@@ -75,7 +75,7 @@ rule fit_bscore:
         "../envs/base.yaml"
     params:
         samples=BSCORE_FIT_IDS,
-        groups=[SAMPLES.at[s, "group"] for s in BSCORE_FIT_IDS],
+        groups=[ROWS[s]["group"] for s in BSCORE_FIT_IDS],
     script:
         "../scripts/fit_bscore.py"
 
