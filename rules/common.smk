@@ -66,9 +66,7 @@ GPU_RESOURCES = (
     else {}
 )
 TRAIN_IDS = [
-    s
-    for s in IDS
-    if ROWS[s]["split"] != "test" and ROWS[s]["labels"] is not None
+    s for s in IDS if ROWS[s]["split"] != "test" and ROWS[s]["labels"] is not None
 ]
 _n_val = min(SEG.get("validation_cases", 1), max(len(TRAIN_IDS) - 1, 0))
 VAL_IDS = TRAIN_IDS[len(TRAIN_IDS) - _n_val :]
@@ -183,9 +181,7 @@ NSM_PRETRAINED = SHAPE.get("pretrained", {}).get("folder", "")
 # knees with label maps (so with meshes): all are fitted; training uses the train split only
 NSM_FIT_IDS = [s for s in IDS if has_any_labels(s)] if SHAPE.get("activate") else []
 NSM_TRAIN_IDS = (
-    [s for s in NSM_FIT_IDS if ROWS[s]["split"] != "test"]
-    if not NSM_PRETRAINED
-    else []
+    [s for s in NSM_FIT_IDS if ROWS[s]["split"] != "test"] if not NSM_PRETRAINED else []
 )
 # the BScore model is fitted on the train split's healthy and OA knees; test knees are only scored
 BSCORE_FIT_IDS = [
