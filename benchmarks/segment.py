@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--train-tiny", action="store_true")
     ap.add_argument("--shape", type=int, nargs=3, default=[64, 160, 160], help="z y x voxels (knee: 160 384 384)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--volume", choices=["phantom", "noise"], default="phantom",
+                    help="a synthetic knee padded to --shape (default), or smooth noise")
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "segment"))
     a = ap.parse_args()
     import SimpleITK as sitk
@@ -44,11 +46,22 @@ def main() -> None:
     plans = json.loads((folder / "plans.json").read_text())
     conf = plans["configurations"]["3d_fullres"]
     spacing_zyx = conf["spacing"]
-    # a smooth random volume of the requested size at the model's spacing (no resampling on either side)
+    # a volume of the requested size at the model's spacing (no resampling on either side): a synthetic
+    # knee (what the tiny model was trained on) padded with its background to the size, or smooth noise
     rng = np.random.default_rng(0)
     from scipy import ndimage
 
-    vol = ndimage.gaussian_filter(rng.normal(size=a.shape).astype(np.float32), 2) * 50 + 100
+    if a.volume == "phantom":
+        from kneeflow import phantom
+
+        knee = phantom.synthesize(7, "right", 0.3, spacing=float(spacing_zyx[0]), mese=False).image
+        knee = np.ascontiguousarray(knee.transpose(2, 1, 0)).astype(np.float32)  # (x, y, z) -> (z, y, x)
+        vol = np.full(a.shape, float(np.median(knee[:2])), np.float32)
+        sl = tuple(slice(0, min(n, k)) for n, k in zip(a.shape, knee.shape))
+        vol[sl] = knee[sl]
+        vol += rng.normal(0, 1e-3, size=vol.shape).astype(np.float32)
+    else:
+        vol = ndimage.gaussian_filter(rng.normal(size=a.shape).astype(np.float32), 2) * 50 + 100
     img = sitk.GetImageFromArray(vol)
     img.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
 
@@ -76,7 +89,7 @@ def main() -> None:
             continue
         x, y = lab_nn == c, lab_ours == c
         dice.append(2 * (x & y).sum() / (x.sum() + y.sum()))
-    row = {"device": a.device, "shape_zyx": a.shape, "model_folder": str(folder), "nnunet_predictor_s": round(t_nn, 2),
+    row = {"device": a.device, "shape_zyx": a.shape, "volume": a.volume, "model_folder": str(folder), "nnunet_predictor_s": round(t_nn, 2),
            "kneeflow_s": round(t_ours, 2), "speedup": round(t_nn / t_ours, 2),
            "voxel_agreement_pct": round(float((lab_nn == lab_ours).mean() * 100), 4),
            "mean_dice_vs_nnunet": round(float(np.mean(dice)), 5) if dice else None}
