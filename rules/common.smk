@@ -115,9 +115,7 @@ def segment_batches():
 
 
 # sample -> its batch index (the same for every model)
-SEGMENT_BATCH = {
-    s: i // max(1, int(SEG.get("batch_size", 8))) for i, s in enumerate(SEGMENT_IDS)
-}
+SEGMENT_BATCH = {s: b for m, b, ids in segment_batches() for s in ids}
 
 
 def segment_staging(model, batch):

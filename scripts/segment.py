@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from kneeflow import io, models
-from kneeflow.rule import run
+from kneeflow.rule import one_line, run
 
 
 def load(sm, device):
@@ -58,8 +58,8 @@ def main(sm):
             image = io.read_scan(scan_path).image
         except Exception as e:  # noqa: BLE001 - this scan's own problem; its ingest job reports it too
             read_errors += 1
-            manifest["samples"][sample] = {"scan": str(scan_path), "error": _one_line(e)}
-            log.error("skipping %s: %s", sample, _one_line(e))
+            manifest["samples"][sample] = {"scan": str(scan_path), "error": one_line(e)}
+            log.error("skipping %s: %s", sample, one_line(e))
             continue
         log.info("segmenting %s (%s)", sample, scan_path)
         try:
@@ -68,7 +68,7 @@ def main(sm):
                 lab = _assign_medial_lateral(lab, side)
         except Exception as e:  # noqa: BLE001 - recorded for this scan; the batch goes on
             predict_errors += 1
-            manifest["samples"][sample] = {"scan": str(scan_path), "error": f"{scan_path}: segmentation failed: {_one_line(e)}"}
+            manifest["samples"][sample] = {"scan": str(scan_path), "error": f"{scan_path}: segmentation failed: {one_line(e)}"}
             log.exception("segmentation of %s failed", sample)
             continue
         io.write_image(lab, tmp / f"{sample}.nii.gz")
@@ -98,10 +98,6 @@ def _assign_medial_lateral(lab, side):
     out = sitk.GetImageFromArray(assign_medial_lateral(sitk.GetArrayFromImage(lab), lab, side))
     out.CopyInformation(lab)
     return out
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split("\n")[0].split())
 
 
 run(snakemake, main)  # noqa: F821

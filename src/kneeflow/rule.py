@@ -41,13 +41,17 @@ def run(snakemake, main: Callable[[object], None]) -> None:
         rec["resources"] = {k: v for k, v in snakemake.resources.items() if isinstance(v, (int, float, str))}
         provenance.write_sidecars(rec, list(snakemake.output))
     except Exception as e:  # noqa: BLE001 - reported in one line, then the job fails
-        msg = " ".join(str(e).split("\n")[0].split())
-        line = f"ERROR {snakemake.rule} {wc}: {msg}"
+        line = f"ERROR {snakemake.rule} {wc}: {one_line(e)}"
         if log_path:
             with open(log_path, "a") as fh:
                 fh.write(line + "\n" + traceback.format_exc())
         print(line, file=sys.stderr, flush=True)
         sys.exit(1)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message as one line (first line, whitespace collapsed)."""
+    return " ".join(str(e).split("\n")[0].split())
 
 
 def export_src_path(src: str) -> None:
