@@ -18,13 +18,17 @@ rule phantom:
         "../envs/ingest.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 2000 * attempt,
-        runtime=lambda wc, attempt: 10 * attempt,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(10),
     params:
-        lib=library_hash("phantom"),
-        seed=lambda wc: int(row(wc)["seed"]),
-        side=lambda wc: row(wc)["side"],
-        oa=lambda wc: float(row(wc)["oa_severity"] or 0.0),
-        spacing=config.get("demo", {}).get("spacing_mm", 0.7),
-    script:
-        "../scripts/phantom.py"
+        job=job_spec(
+            "phantom",
+            lib=library_hash("phantom"),
+            seed=lambda wc: int(row(wc)["seed"]),
+            side=lambda wc: row(wc)["side"],
+            oa=lambda wc: float(row(wc)["oa_severity"] or 0.0),
+            spacing=config.get("demo", {}).get("spacing_mm", 0.7),
+        ),
+        io=JOB_IO,
+    shell:
+        JOB

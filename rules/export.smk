@@ -24,8 +24,8 @@ rule export_model:
         "../envs/export.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 8000 * attempt,
-        runtime=lambda wc, attempt: 60 * attempt,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(60),
     params:
         lib=library_hash("export", "models"),
         onnx_atol=EXPORT.get("onnx_atol", 1e-4),
@@ -51,8 +51,8 @@ rule export_nnunet:
         "../envs/export.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 16000 * attempt,
-        runtime=lambda wc, attempt: 60 * attempt,
+        mem_mb=per_attempt(16000),
+        runtime=per_attempt(60),
     params:
         lib=library_hash("export", "models"),
         net=lambda wc: EXPORT["nnunet"][wc.net],
@@ -76,8 +76,8 @@ rule export_minilm:
         "../envs/export.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 6000 * attempt,
-        runtime=lambda wc, attempt: 30 * attempt,
+        mem_mb=per_attempt(6000),
+        runtime=per_attempt(30),
     params:
         lib=library_hash("export"),
         atol=EXPORT.get("minilm_atol", 1e-5),

@@ -17,12 +17,16 @@ rule ingest:
         "../envs/ingest.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 2000 * attempt,
-        runtime=lambda wc, attempt: 10 * attempt,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(10),
     params:
-        lib=library_hash("io"),
-    script:
-        "../scripts/ingest.py"
+        job=job_spec(
+            "ingest",
+            lib=library_hash("io"),
+        ),
+        io=JOB_IO,
+    shell:
+        JOB
 
 
 rule ingest_echoes:
@@ -37,9 +41,13 @@ rule ingest_echoes:
         "../envs/ingest.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 3000 * attempt,
-        runtime=lambda wc, attempt: 10 * attempt,
+        mem_mb=per_attempt(3000),
+        runtime=per_attempt(10),
     params:
-        lib=library_hash("io"),
-    script:
-        "../scripts/ingest_echoes.py"
+        job=job_spec(
+            "ingest_echoes",
+            lib=library_hash("io"),
+        ),
+        io=JOB_IO,
+    shell:
+        JOB

@@ -3,10 +3,7 @@
 
 rule import_labels:
     input:
-        labels=lambda wc: row(wc)["labels"],
-        image=lambda wc: (
-            f"results/{wc.sample}/image.nii.gz" if has_image(wc.sample) else []
-        ),
+        unpack(fixed_signature(import_labels_input)),
     output:
         nii="results/{sample}/labels/provided.nii.gz",
         nrrd="results/{sample}/labels/provided.nrrd",
@@ -18,14 +15,18 @@ rule import_labels:
         "../envs/ingest.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 2000 * attempt,
-        runtime=lambda wc, attempt: 10 * attempt,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(10),
     params:
-        lib=library_hash("io", "labels"),
-        convention=lambda wc: row(wc)["label_convention"],
-        extra_conventions=config.get("label_conventions", {}),
-    script:
-        "../scripts/import_labels.py"
+        job=job_spec(
+            "import_labels",
+            lib=library_hash("io", "labels"),
+            convention=lambda wc: row(wc)["label_convention"],
+            extra_conventions=config.get("label_conventions", {}),
+        ),
+        io=JOB_IO,
+    shell:
+        JOB
 
 
 rule train_model:
@@ -52,8 +53,8 @@ rule train_model:
     threads: 1
     resources:
         **GPU_RESOURCES,
-        mem_mb=lambda wc, attempt: 8000 * attempt,
-        runtime=lambda wc, attempt: 240 * attempt,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(240),
     params:
         lib=library_hash("training", "models", "inference"),
         train=lambda wc: model_cfg(wc.model)["train"],
@@ -93,8 +94,8 @@ for _model, _batch, _ids in segment_batches():
         threads: 2
         resources:
             **GPU_RESOURCES,
-            mem_mb=lambda wc, attempt: 6000 * attempt,
-            runtime=lambda wc, attempt: 60 * attempt,
+            mem_mb=per_attempt(6000),
+            runtime=per_attempt(60),
         params:
             lib=library_hash("inference", "models", "io"),
             samples=_ids,
@@ -123,10 +124,13 @@ rule segment_labels:
         "../envs/segment.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 2000 * attempt,
-        runtime=lambda wc, attempt: 10 * attempt,
-    script:
-        "../scripts/segment_labels.py"
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(10),
+    params:
+        job=job_spec("segment_labels"),
+        io=JOB_IO,
+    shell:
+        JOB
 
 
 rule dice:
@@ -141,8 +145,8 @@ rule dice:
         "../envs/segment.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 4000 * attempt,
-        runtime=lambda wc, attempt: 20 * attempt,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(20),
     params:
         samples=DICE_IDS,
         model=lambda wc: wc.model,

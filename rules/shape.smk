@@ -18,8 +18,8 @@ rule train_nsm:
     threads: 1
     resources:
         **GPU_RESOURCES,
-        mem_mb=lambda wc, attempt: 6000 * attempt,
-        runtime=lambda wc, attempt: 120 * attempt,
+        mem_mb=per_attempt(6000),
+        runtime=per_attempt(120),
     params:
         lib=library_hash("shape", "mesh"),
         samples=NSM_TRAIN_IDS,
@@ -50,8 +50,8 @@ for _batch, _ids in nsm_batches():
         threads: 1
         resources:
             **GPU_RESOURCES,
-            mem_mb=lambda wc, attempt: 4000 * attempt,
-            runtime=lambda wc, attempt: 60 * attempt,
+            mem_mb=per_attempt(4000),
+            runtime=per_attempt(60),
         params:
             lib=library_hash("shape", "mesh"),
             samples=_ids,

@@ -5,7 +5,7 @@ rule t2:
     input:
         echoes="results/{sample}/echoes.nii.gz",
         times="results/{sample}/echoes.json",
-        labels=regions_path,
+        labels=REGIONS,
     output:
         t2map="results/{sample}/t2map.nii.gz",
         table="results/{sample}/t2.csv",
@@ -17,14 +17,18 @@ rule t2:
         "../envs/t2.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 3000 * attempt,
-        runtime=lambda wc, attempt: 20 * attempt,
+        mem_mb=per_attempt(3000),
+        runtime=per_attempt(20),
     params:
-        lib=library_hash("t2", "io", "labels"),
-        method=config["t2"]["method"],
-        drop_first_echo=config["t2"].get("drop_first_echo", False),
-        noise_floor_snr=config["t2"].get("noise_floor_snr", 0.0),
-        min_ms=config["t2"].get("min_ms", 0.0),
-        max_ms=config["t2"].get("max_ms", 100.0),
-    script:
-        "../scripts/t2.py"
+        job=job_spec(
+            "t2",
+            lib=library_hash("t2", "io", "labels"),
+            method=config["t2"]["method"],
+            drop_first_echo=config["t2"].get("drop_first_echo", False),
+            noise_floor_snr=config["t2"].get("noise_floor_snr", 0.0),
+            min_ms=config["t2"].get("min_ms", 0.0),
+            max_ms=config["t2"].get("max_ms", 100.0),
+        ),
+        io=JOB_IO,
+    shell:
+        JOB

@@ -3,7 +3,7 @@
 
 rule thickness:
     input:
-        labels=regions_path,
+        labels=REGIONS,
     output:
         meshes=directory("results/{sample}/meshes"),
         table="results/{sample}/thickness.csv",
@@ -15,23 +15,27 @@ rule thickness:
         "../envs/mesh.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 3000 * attempt,
-        runtime=lambda wc, attempt: 20 * attempt,
+        mem_mb=per_attempt(3000),
+        runtime=per_attempt(20),
     params:
-        lib=library_hash("thickness", "mesh", "labels", "io"),
-        n_points=config["mesh"]["n_points"],
-        bone_var=config["mesh"]["bone_smooth_var_mm2"],
-        cart_var=config["mesh"]["cartilage_smooth_var_mm2"],
-        crop=1.0 if config["mesh"].get("crop_shafts", True) else None,
-        ray_in=config["thickness"]["ray_in_mm"],
-        ray_out=config["thickness"]["ray_out_mm"],
-    script:
-        "../scripts/thickness.py"
+        job=job_spec(
+            "thickness",
+            lib=library_hash("thickness", "mesh", "labels", "io"),
+            n_points=config["mesh"]["n_points"],
+            bone_var=config["mesh"]["bone_smooth_var_mm2"],
+            cart_var=config["mesh"]["cartilage_smooth_var_mm2"],
+            crop=1.0 if config["mesh"].get("crop_shafts", True) else None,
+            ray_in=config["thickness"]["ray_in_mm"],
+            ray_out=config["thickness"]["ray_out_mm"],
+        ),
+        io=JOB_IO,
+    shell:
+        JOB
 
 
 rule subregions:
     input:
-        labels=labels_path,
+        labels=LABELS,
     output:
         labels="results/{sample}/labels/subregions.nii.gz",
     log:
@@ -42,11 +46,15 @@ rule subregions:
         "../envs/mesh.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 3000 * attempt,
-        runtime=lambda wc, attempt: 20 * attempt,
+        mem_mb=per_attempt(3000),
+        runtime=per_attempt(20),
     params:
-        lib=library_hash("subregions", "io"),
-        reference=config["thickness"].get("subregion_reference", ""),
-        shrink=config["thickness"].get("subregion_reference_shrink", 2),
-    script:
-        "../scripts/subregions.py"
+        job=job_spec(
+            "subregions",
+            lib=library_hash("subregions", "io"),
+            reference=config["thickness"].get("subregion_reference", ""),
+            shrink=config["thickness"].get("subregion_reference_shrink", 2),
+        ),
+        io=JOB_IO,
+    shell:
+        JOB

@@ -115,9 +115,15 @@ def _rules_scripts_envs():
         for block in re.split(r"\nrule ", text)[1:]:
             name = block.split(":")[0].strip()
             env = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
+            env = env and (smk_file.parent / env.group(1)).resolve()
             script = re.search(r'script:\s*\n\s*"([^"]+)"', block)
             if script:
-                yield name, (smk_file.parent / script.group(1)).resolve(), env and (smk_file.parent / env.group(1)).resolve()
+                yield name, (smk_file.parent / script.group(1)).resolve(), env
+            # per-sample rules: `shell: JOB` runs scripts/<name>.py named by their job_spec("<name>", ...)
+            job = re.search(r'job=job_spec\(\s*"([^"]+)"', block)
+            if job:
+                assert re.search(r"shell:\s*\n\s*JOB\n", block), f"rule {name}: a job_spec without `shell: JOB`"
+                yield name, ROOT / "scripts" / f"{job.group(1)}.py", env
 
 
 def test_every_rule_has_log_and_env_covering_its_imports():

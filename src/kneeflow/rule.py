@@ -55,11 +55,17 @@ def one_line(e: BaseException) -> str:
 
 
 def export_src_path(src: str) -> None:
-    """Put the library's folder on PYTHONPATH for every job the workflow starts (local or cluster)."""
+    """Put the library's folder on PYTHONPATH for every job the workflow starts (local or cluster),
+    and this interpreter's folder first on PATH, so that the ``python`` of a ``shell:`` job is the one
+    running Snakemake (as for ``script:``); a job's conda env, when used, is activated in front of it."""
     import os
 
-    parts = [src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != src]
-    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+    def prepend(var: str, first: str) -> None:
+        parts = [first] + [p for p in os.environ.get(var, "").split(os.pathsep) if p and p != first]
+        os.environ[var] = os.pathsep.join(parts)
+
+    prepend("PYTHONPATH", src)
+    prepend("PATH", os.path.dirname(sys.executable))
 
 
 def write_table(df, path: str, sep: str = ",", float_format: str | None = "%.6g") -> None:
