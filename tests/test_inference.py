@@ -1,4 +1,5 @@
-"""Post-processing of predicted label maps: medial/lateral assignment from anatomy."""
+"""Inference: the sliding window (nnU-Net's windows and weights) and post-processing of label maps
+(medial/lateral assignment from anatomy)."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import SimpleITK as sitk
 from conftest import shared
 
 from kneeflow import phantom
-from kneeflow.inference import MEDIAL_LATERAL, assign_medial_lateral
+from kneeflow.inference import MEDIAL_LATERAL, assign_medial_lateral, gaussian_importance, sliding_window, window_starts
 from kneeflow.labels import CANONICAL, PYMSKT, remap_to_canonical
 
 
@@ -60,3 +61,27 @@ def test_phantom_knees_both_sides(side):
 def test_unknown_side_is_an_error():
     with pytest.raises(ValueError, match="side must be"):
         assign_medial_lateral(np.zeros((4, 4, 4), np.uint8), sitk.Image(4, 4, 4, sitk.sitkUInt8), "")
+
+
+def test_sliding_window_uses_nnunets_windows_and_weights():
+    torch = pytest.importorskip("torch")
+    sw = pytest.importorskip("nnunetv2.inference.sliding_window_prediction")
+    for size, patch in [((110, 64, 200), (64, 64, 96)), ((48, 97, 130), (48, 32, 32)), ((33, 40, 41), (32, 32, 32))]:
+        assert [window_starts(s, p) for s, p in zip(size, patch)] == sw.compute_steps_for_sliding_window(size, patch, 0.5)
+    ref = sw.compute_gaussian((48, 32, 32), dtype=torch.float32, device=torch.device("cpu")).numpy()
+    np.testing.assert_allclose(gaussian_importance((48, 32, 32)), ref, rtol=1e-6)
+
+
+def test_sliding_window_is_a_weighted_mean_on_the_input_grid():
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(0)
+    # a "network" that returns its input and twice it: the weighted mean of overlapping windows must
+    # give back exactly that, also where the volume is smaller than a window (padded, then cropped)
+    for shape in [(40, 50, 70), (20, 50, 33)]:
+        x = torch.randn((1, 1, *shape), generator=gen)
+        y = sliding_window(x, (32, 32, 32), lambda t: torch.cat([t, 2 * t], 1), batch=3)
+        assert y.shape == (1, 2, *shape)
+        torch.testing.assert_close(y, torch.cat([x, 2 * x], 1), atol=1e-5, rtol=1e-5)
+    # a network that sees where it is: windows must be placed where they were cut
+    x = torch.arange(40 * 50 * 70, dtype=torch.float32).reshape(1, 1, 40, 50, 70)
+    torch.testing.assert_close(sliding_window(x, (32, 32, 32), lambda t: t.square()), x.square(), rtol=1e-5, atol=1e-2)

@@ -45,17 +45,16 @@ class Segmenter:
     def _logits(self, arr: np.ndarray) -> np.ndarray:
         """(C, z, y, x) softmax probabilities for a z-scored (z, y, x) array."""
         torch = self.torch
-        from monai.inferers import sliding_window_inference
 
-        x = torch.from_numpy(arr[None, None]).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)[None, None]).to(self.device)
 
         def predictor(t):
             out = self.net(t)
             return out[0] if isinstance(out, (tuple, list)) else out
 
         def run(inp, device):
-            return sliding_window_inference(inp, tuple(self.meta["patch_size"]), self.sw_batch_size, predictor,
-                                            overlap=self.overlap, mode="gaussian", device=device)
+            return sliding_window(inp, tuple(self.meta["patch_size"]), predictor, step=1.0 - self.overlap,
+                                  batch=self.sw_batch_size, out_device=device)
 
         with torch.inference_mode():
             try:
@@ -150,6 +149,74 @@ def onnx_segmenter(path, device: str = "cpu", **kw) -> Segmenter:
     if props.get("random_weights") == "true":
         log.warning("%s carries RANDOM weights (an architecture-only export)", path)
     return Segmenter(OnnxNet(path, device), meta, device="cpu", **kw)
+
+
+def gaussian_importance(patch, sigma_scale: float = 1 / 8) -> np.ndarray:
+    """The weight of each voxel of a window: a Gaussian (sigma = patch / 8) with maximum 1 and no
+    zeros, as nnU-Net weights its windows."""
+    from scipy.ndimage import gaussian_filter
+
+    g = np.zeros(patch)
+    g[tuple(p // 2 for p in patch)] = 1
+    g = gaussian_filter(g, [p * sigma_scale for p in patch], 0, mode="constant", cval=0)
+    g /= g.max()
+    g[g == 0] = g[g > 0].min()
+    return g.astype(np.float32)
+
+
+def window_starts(size: int, patch: int, step: float = 0.5) -> list[int]:
+    """Window positions along one axis: evenly spaced at most ``step * patch`` apart, the first at 0
+    and the last at ``size - patch`` (nnU-Net's positions)."""
+    if size <= patch:
+        return [0]
+    n = int(np.ceil((size - patch) / (patch * step))) + 1
+    return [int(np.round((size - patch) / (n - 1) * i)) for i in range(n)]
+
+
+def sliding_window(x, patch, predictor, step: float = 0.5, batch: int = 2, out_device=None, sums_dtype=None,
+                   weight_scale: float = 1.0):
+    """Gaussian-weighted mean of ``predictor``'s logits over overlapping windows of ``x`` (1, 1, z, y, x).
+
+    The windows, their weights and the zero padding of a volume smaller than a window are nnU-Net's,
+    so that one network gives the same labels here as in nnUNetPredictor. Windows run ``batch`` at a
+    time on ``x``'s device; the sums are kept on ``out_device`` (the CPU when the GPU ran out of
+    memory for a whole volume). Returns (1, C, z, y, x) on ``out_device``.
+
+    The sums are float32. nnUNetPredictor keeps them in float16 with weights scaled to 10;
+    ``sums_dtype=torch.float16, weight_scale=10`` does the same (to compare, benchmarks/segment.py).
+    """
+    import torch
+
+    out_device = out_device or x.device
+    shape = x.shape[2:]
+    pad = [max(0, p - s) for p, s in zip(patch, shape)]
+    if any(pad):
+        # centred, as nnU-Net pads: the lower half rounded down
+        x = torch.nn.functional.pad(x, [v for d in reversed(pad) for v in (d // 2, d - d // 2)])
+    full = x.shape[2:]
+    sums_dtype = sums_dtype or torch.float32
+    g = torch.from_numpy(gaussian_importance(patch) * np.float32(weight_scale)).to(x.device, sums_dtype)
+    g_out = g.to(out_device)
+    corners = [(a, b, c) for a in window_starts(full[0], patch[0], step)
+               for b in window_starts(full[1], patch[1], step) for c in window_starts(full[2], patch[2], step)]
+    acc = weight = None
+    for i in range(0, len(corners), batch):
+        group = corners[i:i + batch]
+        tiles = torch.cat([x[:, :, a:a + patch[0], b:b + patch[1], c:c + patch[2]] for a, b, c in group])
+        logits = predictor(tiles) * g
+        if acc is None:
+            acc = torch.zeros((1, logits.shape[1], *full), dtype=sums_dtype, device=out_device)
+            weight = torch.zeros(full, dtype=sums_dtype, device=out_device)
+        logits = logits.to(out_device)
+        for (a, b, c), t in zip(group, logits):
+            acc[0, :, a:a + patch[0], b:b + patch[1], c:c + patch[2]] += t
+            weight[a:a + patch[0], b:b + patch[1], c:c + patch[2]] += g_out
+    acc /= weight
+    acc = acc.float()
+    if any(pad):
+        acc = acc[:, :, pad[0] // 2:pad[0] // 2 + shape[0], pad[1] // 2:pad[1] // 2 + shape[1],
+                  pad[2] // 2:pad[2] // 2 + shape[2]]
+    return acc
 
 
 def keep_largest_components(lab: np.ndarray, labels) -> np.ndarray:
