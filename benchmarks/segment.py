@@ -89,13 +89,9 @@ def main() -> None:
     # difference comes from its rounding
     from kneeflow.inference import sliding_window
 
-    def first_head(t):
-        out = ours.net(t)
-        return out[0] if isinstance(out, (tuple, list)) else out
-
     with torch.inference_mode():
         x = torch.from_numpy(((vol - vol.mean()) / vol.std()).astype(np.float32)[None, None]).to(a.device)
-        lab_fp16 = sliding_window(x, tuple(conf["patch_size"]), first_head, batch=a.batch, sums_dtype=torch.float16,
+        lab_fp16 = sliding_window(x, tuple(conf["patch_size"]), ours.head, batch=a.batch, sums_dtype=torch.float16,
                                   weight_scale=10).argmax(1)[0].cpu().numpy()
     dice, per_label = [], {}
     for c in np.unique(np.concatenate([np.unique(lab_nn), np.unique(lab_ours)])):

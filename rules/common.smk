@@ -186,15 +186,9 @@ def has_any_labels(s):
     return has_labels(s) or (bool(MODELS) and s in SEGMENT_IDS)
 
 
-def regions_path(wc):
-    """Label map with femoral subregions (11-15) when configured, else the canonical labels."""
-    if config["thickness"].get("femoral_subregions", False):
-        return f"results/{wc.sample}/labels/subregions.nii.gz"
-    return labels_path(wc)
-
-
-# The same two inputs for the rules: a plain pattern where it is the same for every sample, since
-# Snakemake's call of an input function costs about 0.1 ms a job (a graph of 10k scans: 1 s each).
+# The analyses' label map (LABELS), with femoral subregions (11-15) when configured (REGIONS): a
+# plain pattern where it is the same for every sample, since Snakemake's call of an input function
+# costs about 0.1 ms a job (a graph of 10k scans: 1 s each).
 if not MODELS or all(has_labels(s) for s in IDS):
     LABELS = "results/{sample}/labels/provided.nii.gz"
 elif not any(has_labels(s) for s in IDS):

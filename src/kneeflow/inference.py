@@ -42,18 +42,19 @@ class Segmenter:
         net, meta = load_model(path, sha256)
         return cls(net, meta, **kw)
 
+    def head(self, t):
+        """The network's full-resolution output (the first head under deep supervision)."""
+        out = self.net(t)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
     def _logits(self, arr: np.ndarray) -> np.ndarray:
         """(C, z, y, x) softmax probabilities for a z-scored (z, y, x) array."""
         torch = self.torch
 
         x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)[None, None]).to(self.device)
 
-        def predictor(t):
-            out = self.net(t)
-            return out[0] if isinstance(out, (tuple, list)) else out
-
         def run(inp, device):
-            return sliding_window(inp, tuple(self.meta["patch_size"]), predictor, step=1.0 - self.overlap,
+            return sliding_window(inp, tuple(self.meta["patch_size"]), self.head, step=1.0 - self.overlap,
                                   batch=self.sw_batch_size, out_device=device)
 
         with torch.inference_mode():
