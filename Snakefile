@@ -35,6 +35,9 @@ include: "rules/tables.smk"
 include: "rules/figures.smk"
 
 
+check_job_rules(workflow.rules)
+
+
 rule all:
     default_target: True
     input:

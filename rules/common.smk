@@ -1,15 +1,14 @@
 # Sample-sheet helpers; the logic lives in kneeflow.samples (tested on its own).
 import inspect
 import re
-import shlex
 from snakemake.common import overwrite_function_params
 from snakemake.exceptions import WorkflowError
 
-from kneeflow.job import job_io, job_spec as _job_spec
+from kneeflow.job import job_command, job_spec as _job_spec
 from kneeflow.labels import BUILTIN_CONVENTIONS
 from kneeflow.provenance import library_hash
 from kneeflow.rule import export_src_path
-from kneeflow.samples import SampleSheetError, load_samples
+from kneeflow.samples import SampleSheetError, id_pattern, load_samples
 
 export_src_path(f"{workflow.basedir}/src")
 
@@ -29,21 +28,45 @@ def per_attempt(base):
 
 
 def job_spec(rule, **params):
-    """The `job` parameter of a per-sample rule that runs scripts/<rule>.py through JOB."""
+    """The `job` parameter of a per-sample rule that runs scripts/<rule>.py through job_shell."""
     spec = _job_spec(f"{workflow.basedir}/scripts/{rule}.py", **params)
     return fixed_signature(spec) if callable(spec) else spec
 
 
-JOB_IO = fixed_signature(job_io)
-
-
 # The per-sample rules run their script from `shell:` (kneeflow.job says why: the graph of 10k scans
 # builds 2x faster than with `script:`); the script still gets its `snakemake` object.
-JOB = (
-    "python -m kneeflow.job {params.job:q} --io {params.io:q} --log {log:q} --threads {threads}"
-    " --resources mem_mb={resources.mem_mb} runtime={resources.runtime}"
-    f" --scripts {shlex.quote(os.path.join(workflow.basedir, 'scripts'))}"
-)
+def job_shell(input=(), output=(), wildcards=("sample",)):  # noqa: A002
+    """`shell:` of a per-sample rule: its script (named by the rule's `job` parameter) with the
+    rule's named inputs, outputs and wildcards (checked against the rule by check_job_rules).
+    """
+    return job_command(
+        input, output, wildcards, scripts=os.path.join(workflow.basedir, "scripts")
+    )
+
+
+def check_job_rules(rules):
+    """Each `job_shell` names exactly its rule's inputs, outputs and wildcards (a name left out
+    would be missing in the script; a name too many fails when the job's command is formatted).
+    """
+    for r in rules:
+        if not (r.shellcmd or "").startswith("python -m kneeflow.job "):
+            continue
+        given = {"input": set(), "output": set(), "wildcards": set()}
+        for name, kind in re.findall(
+            r"(\w+)=\{(input|output|wildcards)\.\1:q\}", r.shellcmd
+        ):
+            given[kind].add(name)
+        declared = {
+            "input": set(r.input.keys()),
+            "output": set(r.output.keys()),
+            "wildcards": set(r.wildcard_names),
+        }
+        if given != declared:
+            raise WorkflowError(
+                f"the job_shell of rule {r.name!r} names {given}, the rule declares {declared}"
+            )
+
+
 CONVENTIONS = set(BUILTIN_CONVENTIONS) | set(config.get("label_conventions", {}))
 DEMO = config.get("demo", {}).get("activate", False)
 
@@ -202,12 +225,35 @@ REGIONS = (
 )
 
 
-def import_labels_input(wc):
-    """The sheet's label map, and the ingested image to check its grid against when there is one."""
-    r = ROWS[wc.sample]
-    if r["image"] is None:
-        return {"labels": r["labels"]}
-    return {"labels": r["labels"], "image": f"results/{wc.sample}/image.nii.gz"}
+def sheet_input(paths):
+    """A rule's input from the sheet ({sample: path}): a plain pattern when the paths follow one (as
+    data/{sample}.nii.gz), else a function of the sample (Snakemake calls it once per job).
+    """
+    return id_pattern(paths) or fixed_signature(lambda wc: paths[wc.sample])
+
+
+# import_labels checks a sheet's label map against the ingested image, where the sheet gives one (a
+# pattern when every row does, an optional input, maybe empty, when only some do), and remaps it
+# from the row's convention (a constant when the sheet has one): per-job functions only where needed.
+_LABELLED = [s for s in IDS if has_labels(s)]
+if all(has_image(s) for s in _LABELLED):
+    IMPORT_IMAGE = {"image": "results/{sample}/image.nii.gz"}
+elif not any(has_image(s) for s in _LABELLED):
+    IMPORT_IMAGE = {}
+else:
+    IMPORT_IMAGE = {
+        "image": fixed_signature(
+            lambda wc: (
+                f"results/{wc.sample}/image.nii.gz" if has_image(wc.sample) else []
+            )
+        )
+    }
+_conventions = {ROWS[s]["label_convention"] for s in _LABELLED}
+LABEL_CONVENTION = (
+    _conventions.pop()
+    if len(_conventions) == 1
+    else fixed_signature(lambda wc: row(wc)["label_convention"])
+)
 
 
 def cohort_tables():

@@ -29,6 +29,5 @@ rule phantom:
             oa=lambda wc: float(row(wc)["oa_severity"] or 0.0),
             spacing=config.get("demo", {}).get("spacing_mm", 0.7),
         ),
-        io=JOB_IO,
     shell:
-        JOB
+        job_shell(output=("image", "labels", "echoes", "times", "truth"))

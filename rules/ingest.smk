@@ -3,7 +3,7 @@
 
 rule ingest:
     input:
-        image=lambda wc: row(wc)["image"],
+        image=sheet_input({s: ROWS[s]["image"] for s in IDS if has_image(s)}),
     output:
         image="results/{sample}/image.nii.gz",
         qc="results/{sample}/qc.json",
@@ -24,14 +24,15 @@ rule ingest:
             "ingest",
             lib=library_hash("io"),
         ),
-        io=JOB_IO,
     shell:
-        JOB
+        job_shell(input=("image",), output=("image", "qc"))
 
 
 rule ingest_echoes:
     input:
-        echoes=lambda wc: row(wc)["echoes"] or row(wc)["image"],
+        echoes=sheet_input(
+            {s: ROWS[s]["echoes"] or ROWS[s]["image"] for s in IDS if has_echoes(s)}
+        ),
     output:
         echoes="results/{sample}/echoes.nii.gz",
         times="results/{sample}/echoes.json",
@@ -48,6 +49,5 @@ rule ingest_echoes:
             "ingest_echoes",
             lib=library_hash("io"),
         ),
-        io=JOB_IO,
     shell:
-        JOB
+        job_shell(input=("echoes",), output=("echoes", "times"))

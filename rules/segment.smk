@@ -1,12 +1,14 @@
 # Label maps: existing segmentations from the sheet are checked and remapped to canonical labels.
+# The remapped copy is NIfTI only: the sheet's map is the user's own file, in their format already
+# (model segmentations below also get a .nrrd for 3D Slicer).
 
 
 rule import_labels:
     input:
-        unpack(fixed_signature(import_labels_input)),
+        **IMPORT_IMAGE,
+        labels=sheet_input({s: ROWS[s]["labels"] for s in IDS if has_labels(s)}),
     output:
         nii="results/{sample}/labels/provided.nii.gz",
-        nrrd="results/{sample}/labels/provided.nrrd",
     log:
         "results/logs/import_labels/{sample}.log",
     # upstream of training (the demo's critical path): before the per-sample analyses
@@ -21,12 +23,11 @@ rule import_labels:
         job=job_spec(
             "import_labels",
             lib=library_hash("io", "labels"),
-            convention=lambda wc: row(wc)["label_convention"],
+            convention=LABEL_CONVENTION,
             extra_conventions=config.get("label_conventions", {}),
         ),
-        io=JOB_IO,
     shell:
-        JOB
+        job_shell(input=("labels", *IMPORT_IMAGE), output=("nii",))
 
 
 rule train_model:
@@ -128,9 +129,12 @@ rule segment_labels:
         runtime=per_attempt(10),
     params:
         job=job_spec("segment_labels"),
-        io=JOB_IO,
     shell:
-        JOB
+        job_shell(
+            input=("staging", "image"),
+            output=("nii", "nrrd"),
+            wildcards=("sample", "model"),
+        )
 
 
 rule dice:

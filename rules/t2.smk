@@ -29,6 +29,5 @@ rule t2:
             min_ms=config["t2"].get("min_ms", 0.0),
             max_ms=config["t2"].get("max_ms", 100.0),
         ),
-        io=JOB_IO,
     shell:
-        JOB
+        job_shell(input=("echoes", "times", "labels"), output=("t2map", "table"))

@@ -28,9 +28,8 @@ rule thickness:
             ray_in=config["thickness"]["ray_in_mm"],
             ray_out=config["thickness"]["ray_out_mm"],
         ),
-        io=JOB_IO,
     shell:
-        JOB
+        job_shell(input=("labels",), output=("meshes", "table"))
 
 
 rule subregions:
@@ -55,6 +54,5 @@ rule subregions:
             reference=config["thickness"].get("subregion_reference", ""),
             shrink=config["thickness"].get("subregion_reference_shrink", 2),
         ),
-        io=JOB_IO,
     shell:
-        JOB
+        job_shell(input=("labels",), output=("labels",))

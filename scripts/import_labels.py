@@ -1,4 +1,4 @@
-"""Bring an existing label map into the workflow: check geometry, remap to canonical, write .nii.gz + .nrrd."""
+"""Bring an existing label map into the workflow: check geometry, remap to canonical, write .nii.gz."""
 
 from kneeflow import io
 from kneeflow.labels import get_convention
@@ -10,7 +10,6 @@ def main(sm):
     conv = get_convention(sm.params.convention, sm.params.extra_conventions)
     lab = io.load_label_map(sm.input.labels, conv, reference=ref)
     io.write_image(lab, sm.output.nii)
-    io.write_image(lab, sm.output.nrrd)
 
 
 run(snakemake, main)  # noqa: F821

@@ -69,3 +69,42 @@ def test_produced_files_may_be_missing(tmp_path):
         _load(tmp_path, p)
     df = _load(tmp_path, p, produced={str(tmp_path / "data" / "later.nii.gz")})
     assert df.at["k1", "image"].endswith("later.nii.gz")
+
+
+def test_links_are_followed_to_where_they_lead(tmp_path):
+    """A link inside the allowed roots that leads out of them is refused; one that stays in is named by its target."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "c.nii.gz").write_bytes(b"x")
+    p = _sheet(tmp_path, [["k1", "s", "right", "data/out.nii.gz", "dess", "", ""]])
+    (tmp_path / "data" / "out.nii.gz").symlink_to(tmp_path / "elsewhere" / "c.nii.gz")
+    with pytest.raises(SampleSheetError, match=r"'data/out.nii.gz' resolves to .*elsewhere/c.nii.gz, outside the allowed roots"):
+        _load(tmp_path, p)
+    (tmp_path / "data" / "in.nii.gz").symlink_to(tmp_path / "data" / "a.nii.gz")
+    (tmp_path / "data" / "dangling.nii.gz").symlink_to(tmp_path / "data" / "gone.nii.gz")
+    p = _sheet(tmp_path, [["k1", "s", "right", "data/in.nii.gz", "dess", "", ""]])
+    assert _load(tmp_path, p).at["k1", "image"] == "data/a.nii.gz"
+    p = _sheet(tmp_path, [["k1", "s", "right", "data/dangling.nii.gz", "dess", "", ""]])
+    with pytest.raises(SampleSheetError, match="file not found: .*gone.nii.gz"):
+        _load(tmp_path, p)
+
+
+def test_paths_outside_the_working_directory_stay_absolute(tmp_path):
+    wd, store = tmp_path / "wd", tmp_path / "store"
+    wd.mkdir()
+    store.mkdir()
+    p = _sheet(store, [["k1", "s", "right", "data/a.nii.gz", "dess", "", ""]])
+    df = load_samples(p, [str(store / "data")], workdir=wd, conventions={"canonical"})
+    assert df.at["k1", "image"] == str((store / "data" / "a.nii.gz").resolve())
+
+
+def test_id_pattern_only_when_it_gives_every_path():
+    from kneeflow.samples import id_pattern
+
+    assert id_pattern({"k1": "data/k1.nii.gz", "k2": "data/k2.nii.gz"}) == "data/{sample}.nii.gz"
+    assert id_pattern({"k1": "/d/k1/k1_T2.nii.gz", "k22": "/d/k22/k22_T2.nii.gz"}) == "/d/{sample}/{sample}_T2.nii.gz"
+    assert id_pattern({"k1": "data/all.nii.gz", "k2": "data/all.nii.gz"}) == "data/all.nii.gz"
+    # one row off the pattern, an id that is part of the fixed path, braces: no pattern
+    assert id_pattern({"k1": "data/k1.nii.gz", "k2": "data/k2.nii.gz", "k3": "other/k3.nii.gz"}) is None
+    assert id_pattern({"1": "v1/1.nii.gz", "2": "v1/2.nii.gz"}) is None
+    assert id_pattern({"k1": "data/{k1}.nii.gz"}) is None
+    assert id_pattern({}) is None and id_pattern({"k1": None}) is None

@@ -119,10 +119,10 @@ def _rules_scripts_envs():
             script = re.search(r'script:\s*\n\s*"([^"]+)"', block)
             if script:
                 yield name, (smk_file.parent / script.group(1)).resolve(), env
-            # per-sample rules: `shell: JOB` runs scripts/<name>.py named by their job_spec("<name>", ...)
+            # per-sample rules: `shell: job_shell(...)` runs scripts/<name>.py named by their job_spec("<name>", ...)
             job = re.search(r'job=job_spec\(\s*"([^"]+)"', block)
             if job:
-                assert re.search(r"shell:\s*\n\s*JOB\n", block), f"rule {name}: a job_spec without `shell: JOB`"
+                assert re.search(r"shell:\s*\n\s*job_shell\(", block), f"rule {name}: a job_spec without `shell: job_shell(...)`"
                 yield name, ROOT / "scripts" / f"{job.group(1)}.py", env
 
 
@@ -194,7 +194,15 @@ def test_small_demo_matches_truth(small_demo):
     assert b.loc["knee14", "bscore"] > 0
     fit = json.loads((wd / "results" / "knee02" / "shape" / "nsm.json").read_text())
     assert len(fit["latent"]) == 4 and fit["alignment"]["mirror"] is True  # knee02 is a left knee
-    assert (wd / "results" / "knee01" / "labels" / "provided.nrrd").exists()
+    # the sheet's own map is remapped to canonical labels as NIfTI only (it is the user's file already)
+    import numpy as np
+    import SimpleITK as sitk
+
+    def labels(p):
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(wd / "results" / p)))
+
+    assert np.array_equal(labels("knee01/labels/provided.nii.gz"), labels("demo/knee01/labels.nii.gz"))
+    assert not (wd / "results" / "knee01" / "labels" / "provided.nrrd").exists()
 
 
 @pytest.mark.slow

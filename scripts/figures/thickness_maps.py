@@ -13,7 +13,7 @@ def main(sm):
     meta = pd.DataFrame(sm.params.meta)
     sides = meta.set_index("sample")["side"].to_dict()
     maps = {}
-    for s, d in zip(sm.params.samples, sm.input.meshes):
+    for s, d in zip(sm.params.samples, sm.params.meshes):
         femur = mesh.read_vtk(Path(d) / "femur.vtk")
         th = ns.vtk_to_numpy(femur.GetPointData().GetArray("thickness_mm"))
         maps[s], xe, ae = figures.femoral_thickness_map(mesh.points(femur), th, sides[s])

@@ -24,8 +24,12 @@ def jsonschema():
     return js
 
 
+#: libyaml's loader where PyYAML has it (the schemas are read on every Snakemake start)
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load(path: str | os.PathLike) -> dict:
-    return yaml.safe_load(Path(path).read_text())
+    return yaml.load(Path(path).read_text(), Loader=SafeLoader)
 
 
 def validate_config(config: dict, schema_path: str | os.PathLike) -> None:
