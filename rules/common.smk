@@ -4,7 +4,7 @@ import re
 from snakemake.common import overwrite_function_params
 from snakemake.exceptions import WorkflowError
 
-from kneeflow.job import job_command, job_spec as _job_spec
+from kneeflow.job import command_names, job_command, job_spec as _job_spec
 from kneeflow.labels import BUILTIN_CONVENTIONS
 from kneeflow.provenance import library_hash
 from kneeflow.rule import export_src_path
@@ -51,11 +51,7 @@ def check_job_rules(rules):
     for r in rules:
         if not (r.shellcmd or "").startswith("python -m kneeflow.job "):
             continue
-        given = {"input": set(), "output": set(), "wildcards": set()}
-        for name, kind in re.findall(
-            r"(\w+)=\{(input|output|wildcards)\.\1:q\}", r.shellcmd
-        ):
-            given[kind].add(name)
+        given = command_names(r.shellcmd)
         declared = {
             "input": set(r.input.keys()),
             "output": set(r.output.keys()),

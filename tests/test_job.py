@@ -92,3 +92,10 @@ def test_malformed_file_arguments_are_refused(tmp_path):
     spec = job_spec(scripts / "demo_rule.py")
     with pytest.raises(SystemExit, match="input 'in.nii.gz' is not NAME=VALUE"):
         main([spec, "--input", "in.nii.gz", "--scripts", str(scripts)])
+
+
+def test_command_names_reads_back_what_job_command_passes():
+    from kneeflow.job import command_names
+
+    cmd = job_command(("labels", "image"), ("nii",), ("sample", "model"), scripts="/s")
+    assert command_names(cmd) == {"input": {"labels", "image"}, "output": {"nii"}, "wildcards": {"sample", "model"}}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import runpy
 import shlex
 import sys
@@ -111,6 +112,14 @@ def job_command(input=(), output=(), wildcards=("sample",), scripts="scripts") -
         " --log {log:q} --threads {threads} --resources mem_mb={resources.mem_mb} runtime={resources.runtime}"
         f" --scripts {shlex.quote(str(scripts)).replace('{', '{{').replace('}', '}}')}"
     )
+
+
+def command_names(cmd: str) -> dict[str, set[str]]:
+    """The input, output and wildcard names a :func:`job_command` passes on (to check against its rule)."""
+    names: dict[str, set[str]] = {"input": set(), "output": set(), "wildcards": set()}
+    for name, kind in re.findall(r"(\w+)=\{(input|output|wildcards)\.\1:q\}", cmd):
+        names[kind].add(name)
+    return names
 
 
 def _named(items: list[str], what: str) -> dict[str, str]:
