@@ -3,16 +3,25 @@
     .venv/bin/python benchmarks/dag.py [--sizes 1000 10000] [--repeat 3]
 
 For each size a sample sheet of label-map-only rows is generated (every row points at one small
-label map, so no data is read), the dry run of kneeflow is timed, and so is a plain Snakefile whose
-rules chain the same number of jobs per sample with `shell:` only (the issue's comparison), and the
-same chain carrying the directives kneeflow's cohort-level rules have (script, conda, log,
-benchmark, resources, params), which shows Snakemake's own per-job cost of those directives: the
-per-sample rules run their scripts from `shell:` for that reason (kneeflow.job). Each time is the
-fastest of --repeat runs, the three workflows taking turns. Prints a table and writes dag.json.
+label map, so no data is read) and four dry runs are timed:
+- kneeflow;
+- plain: a Snakefile whose rules chain the same number of jobs per sample with one input, one output
+  and `shell:` only (the issue's comparison);
+- declared: the same chain declaring what kneeflow's per-sample rules declare (the meshes folder
+  beside each thickness table, log, benchmark, conda, threads, resources, params), still `shell:`:
+  Snakemake's own cost of those files and directives, so kneeflow / declared is the cost of
+  kneeflow's code (sheet checks, config schema, input patterns, its other rules);
+- declared, script: the same with `script:`, which Snakemake reads and caches once per job: the
+  reason the per-sample rules run their scripts from `shell:` (kneeflow.job).
+Each time is the fastest of --repeat runs, the workflows taking turns. With --calls each dry run is
+also run once under cProfile and its Python function calls are counted: a measure of work that does
+not vary with the machine's speed (which varies by 20 % between runs on shared machines). Prints a
+table and writes dag.json.
 """
 
 import argparse
 import json
+import pstats
 import subprocess
 import sys
 import time
@@ -50,13 +59,14 @@ rule provenance:
 '''
 
 
-# the same chain, with the directives every kneeflow rule carries (script, conda, log, benchmark,
-# resources, params): separates Snakemake's own per-job cost of those directives from ours
+# the same chain declaring what kneeflow's per-sample rules declare (files and directives), with
+# `script:` here and `shell:` below: Snakemake's own per-job cost of those declarations
 DIRECTIVES = PLAIN.replace(
     '''    output: "results/{sample}/labels/provided.nii.gz"
     shell: "cp {input} {output}"''',
     '''    output: "results/{sample}/labels/provided.nii.gz"
     log: "results/logs/import_labels/{sample}.log"
+    priority: 45
     conda: "env.yaml"
     threads: 1
     resources: mem_mb=lambda wc, attempt: 2000 * attempt, runtime=lambda wc, attempt: 10 * attempt
@@ -64,7 +74,7 @@ DIRECTIVES = PLAIN.replace(
     script: "noop.py"''').replace(
     '''    output: "results/{sample}/thickness.csv"
     shell: "touch {output}"''',
-    '''    output: "results/{sample}/thickness.csv"
+    '''    output: meshes=directory("results/{sample}/meshes"), table="results/{sample}/thickness.csv"
     log: "results/logs/thickness/{sample}.log"
     benchmark: "results/benchmarks/thickness/{sample}.tsv"
     conda: "env.yaml"
@@ -105,6 +115,18 @@ def seconds(cmd, cwd) -> float:
     return time.perf_counter() - t0
 
 
+def calls(cmd, cwd) -> int:
+    """Python function calls made by one `cmd -n -q`, counted by cProfile."""
+    prof = Path(cwd) / "calls.prof"
+    r = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof)] + cmd + ["-n", "-q"],
+                       cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-2000:])
+    n = pstats.Stats(str(prof)).total_calls
+    prof.unlink()
+    return n
+
+
 def jobs(cmd, cwd) -> int:
     """The planned job count, from an untimed dry run whose job table is not silenced."""
     r = subprocess.run(cmd + ["-n", "--quiet", "rules", "reason", "host"], cwd=cwd, capture_output=True, text=True)
@@ -119,6 +141,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--repeat", type=int, default=3, help="runs per workflow; the fastest counts")
+    ap.add_argument("--calls", action="store_true", help="also count function calls under cProfile")
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "dag"))
     a = ap.parse_args()
     smk = str(Path(sys.executable).with_name("snakemake"))
@@ -128,27 +151,42 @@ def main() -> None:
         setup(wd, n)
         cmds = {"ours": [smk, "-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/dag.yaml"],
                 "plain": [smk, "-s", "Snakefile.plain", "-d", str(wd)],
-                "directives": [smk, "-s", "Snakefile.directives", "-d", str(wd)],
-                "directives_shell": [smk, "-s", "Snakefile.directives_shell", "-d", str(wd)]}
+                "declared": [smk, "-s", "Snakefile.directives_shell", "-d", str(wd)],
+                "declared_script": [smk, "-s", "Snakefile.directives", "-d", str(wd)]}
         best = {k: float("inf") for k in cmds}
         for _ in range(a.repeat):
             for k, cmd in cmds.items():
                 best[k] = min(best[k], seconds(cmd, wd))
-        ours, plain, direc = best["ours"], best["plain"], best["directives"]
-        jobs_ours, jobs_plain = jobs(cmds["ours"], wd), jobs(cmds["plain"], wd)
+        ours, plain, decl = best["ours"], best["plain"], best["declared"]
         rows.append({"samples": n, "kneeflow_s": round(ours, 2), "plain_s": round(plain, 2),
-                     "ratio": round(ours / plain, 2), "plain_with_directives_s": round(direc, 2),
-                     "ratio_to_plain_with_directives": round(ours / direc, 2),
-                     "plain_with_directives_shell_s": round(best["directives_shell"], 2),
-                     "directives_shell_over_plain": round(best["directives_shell"] / plain, 2),
-                     "jobs_kneeflow": jobs_ours, "jobs_plain": jobs_plain})
-    print(f"{'samples':>8s} {'kneeflow s':>11s} {'plain s':>8s} {'ratio':>6s} {'plain+directives s':>19s} "
-          f"{'ratio':>6s} {'same, shell: s':>15s} {'/plain':>7s} {'jobs ours':>10s} {'jobs plain':>10s}")
+                     "ratio": round(ours / plain, 2),
+                     "declared_s": round(decl, 2), "declared_over_plain": round(decl / plain, 2),
+                     "kneeflow_over_declared": round(ours / decl, 2),
+                     "declared_script_s": round(best["declared_script"], 2),
+                     "declared_script_over_plain": round(best["declared_script"] / plain, 2),
+                     "jobs_kneeflow": jobs(cmds["ours"], wd), "jobs_plain": jobs(cmds["plain"], wd),
+                     "jobs_declared": jobs(cmds["declared"], wd), "repeat": a.repeat})
+        if a.calls:
+            c = {k: calls(cmd, wd) for k, cmd in cmds.items()}
+            rows[-1].update({f"calls_{k}": v for k, v in c.items()})
+            rows[-1].update({"calls_ratio": round(c["ours"] / c["plain"], 3),
+                             "calls_declared_over_plain": round(c["declared"] / c["plain"], 3),
+                             "calls_kneeflow_over_declared": round(c["ours"] / c["declared"], 3)})
+    print(f"{'samples':>8s} {'kneeflow s':>11s} {'plain s':>8s} {'ratio':>6s} {'declared s':>11s} "
+          f"{'/plain':>7s} {'kneeflow/declared':>18s} {'declared,script: s':>19s} {'/plain':>7s} "
+          f"{'jobs ours':>10s} {'jobs plain':>10s}")
     for r in rows:
         print(f"{r['samples']:8d} {r['kneeflow_s']:11.2f} {r['plain_s']:8.2f} {r['ratio']:6.2f} "
-              f"{r['plain_with_directives_s']:19.2f} {r['ratio_to_plain_with_directives']:6.2f} "
-              f"{r['plain_with_directives_shell_s']:15.2f} {r['directives_shell_over_plain']:7.2f} "
+              f"{r['declared_s']:11.2f} {r['declared_over_plain']:7.2f} {r['kneeflow_over_declared']:18.2f} "
+              f"{r['declared_script_s']:19.2f} {r['declared_script_over_plain']:7.2f} "
               f"{r['jobs_kneeflow']:10d} {r['jobs_plain']:10d}")
+    if a.calls:
+        print(f"\nPython function calls (cProfile, one run each)\n{'samples':>8s} {'kneeflow':>12s} {'plain':>12s} "
+              f"{'ratio':>6s} {'declared':>12s} {'/plain':>7s} {'kneeflow/declared':>18s}")
+        for r in rows:
+            print(f"{r['samples']:8d} {r['calls_ours']:12d} {r['calls_plain']:12d} {r['calls_ratio']:6.2f} "
+                  f"{r['calls_declared']:12d} {r['calls_declared_over_plain']:7.2f} "
+                  f"{r['calls_kneeflow_over_declared']:18.2f}")
     Path(a.out, "dag.json").write_text(json.dumps(rows, indent=1))
 
 

@@ -1,0 +1,28 @@
+"""benchmarks/dag.py compares like with like: as many jobs per scan in every workflow it times."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dag_benchmark_runs_and_plans_as_many_jobs_per_scan(tmp_path):
+    n = 12
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dag.py"), "--sizes", str(n), "--repeat", "1",
+                        "--calls", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "dag.json").read_text())
+    assert row["samples"] == n
+    # two jobs a scan (import_labels, thickness) in each; kneeflow adds cohort jobs only (table,
+    # runtime, thickness and thickness-map figures, provenance, all: 6 against the chains' 3)
+    assert row["jobs_plain"] == 2 * n + 3 and row["jobs_declared"] == row["jobs_plain"]
+    assert row["jobs_kneeflow"] == 2 * n + 6
+    for k in ("kneeflow_s", "plain_s", "declared_s", "declared_script_s"):
+        assert row[k] > 0
+    assert row["ratio"] == round(row["kneeflow_s"] / row["plain_s"], 2)
+    # declaring more files and directives is more work for Snakemake, never less
+    assert row["calls_declared"] > row["calls_plain"]
+    assert row["calls_declared_script"] > row["calls_declared"]
+    assert "kneeflow/declared" in r.stdout and "Python function calls" in r.stdout
