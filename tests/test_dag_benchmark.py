@@ -21,7 +21,8 @@ def test_dag_benchmark_runs_and_plans_as_many_jobs_per_scan(tmp_path):
     assert row["jobs_kneeflow"] == 2 * n + 6
     for k in ("kneeflow_s", "plain_s", "declared_s", "declared_script_s"):
         assert row[k] > 0
-    assert row["ratio"] == round(row["kneeflow_s"] / row["plain_s"], 2)
+    # the ratio comes from unrounded times, the times are printed to 0.01 s
+    assert abs(row["ratio"] - row["kneeflow_s"] / row["plain_s"]) < 0.02
     # declaring more files and directives is more work for Snakemake, never less
     assert row["calls_declared"] > row["calls_plain"]
     assert row["calls_declared_script"] > row["calls_declared"]
