@@ -15,7 +15,7 @@ label map, so no data is read) and four dry runs are timed:
   reason the per-sample rules run their scripts from `shell:` (kneeflow.job).
 Each time is the fastest of --repeat runs, the workflows taking turns. With --calls each dry run is
 also run once under cProfile and its Python function calls are counted: a measure of work that does
-not vary with the machine's speed (which varies by 20 % between runs on shared machines). Prints a
+not vary with the machine's speed (which varied by 20-50 % between runs here). Prints a
 table and writes dag.json.
 """
 
@@ -61,7 +61,7 @@ rule provenance:
 
 # the same chain declaring what kneeflow's per-sample rules declare (files and directives), with
 # `script:` here and `shell:` below: Snakemake's own per-job cost of those declarations
-DIRECTIVES = PLAIN.replace(
+DECLARED_SCRIPT = PLAIN.replace(
     '''    output: "results/{sample}/labels/provided.nii.gz"
     shell: "cp {input} {output}"''',
     '''    output: "results/{sample}/labels/provided.nii.gz"
@@ -83,8 +83,8 @@ DIRECTIVES = PLAIN.replace(
     params: ray_in=2.5, ray_out=10.0
     script: "noop.py"''')
 
-# the same directives with `shell:` in place of `script:`, as kneeflow's per-sample rules have them
-DIRECTIVES_SHELL = DIRECTIVES.replace('script: "noop.py"', 'shell: "python noop.py {params:q}"')
+# the same declarations with `shell:` in place of `script:`, as kneeflow's per-sample rules have them
+DECLARED = DECLARED_SCRIPT.replace('script: "noop.py"', 'shell: "python noop.py {params:q}"')
 
 
 def setup(wd: Path, n: int) -> None:
@@ -100,8 +100,8 @@ def setup(wd: Path, n: int) -> None:
            "t2": {"activate": False, "method": "loglinear"}}
     (wd / "config" / "dag.yaml").write_text(yaml.safe_dump(cfg))
     (wd / "Snakefile.plain").write_text(PLAIN)
-    (wd / "Snakefile.directives").write_text(DIRECTIVES)
-    (wd / "Snakefile.directives_shell").write_text(DIRECTIVES_SHELL)
+    (wd / "Snakefile.declared_script").write_text(DECLARED_SCRIPT)
+    (wd / "Snakefile.declared").write_text(DECLARED)
     (wd / "noop.py").write_text("pass\n")
     (wd / "env.yaml").write_text("channels: [conda-forge]\ndependencies: [python=3.11]\n")
 
@@ -151,8 +151,8 @@ def main() -> None:
         setup(wd, n)
         cmds = {"ours": [smk, "-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/dag.yaml"],
                 "plain": [smk, "-s", "Snakefile.plain", "-d", str(wd)],
-                "declared": [smk, "-s", "Snakefile.directives_shell", "-d", str(wd)],
-                "declared_script": [smk, "-s", "Snakefile.directives", "-d", str(wd)]}
+                "declared": [smk, "-s", "Snakefile.declared", "-d", str(wd)],
+                "declared_script": [smk, "-s", "Snakefile.declared_script", "-d", str(wd)]}
         best = {k: float("inf") for k in cmds}
         for _ in range(a.repeat):
             for k, cmd in cmds.items():
