@@ -1,6 +1,8 @@
 # Sample-sheet helpers; the logic lives in kneeflow.samples (tested on its own).
 import inspect
+import json
 import re
+from pathlib import Path
 from snakemake.common import overwrite_function_params
 from snakemake.exceptions import WorkflowError
 
@@ -298,10 +300,29 @@ def export_targets():
 
 
 def nsm_checkpoint():
+    """The given model's checkpoint (ours: model.pth; public: model/<highest epoch>.pth), else the trained one."""
     if NSM_PRETRAINED:
-        p = SHAPE["pretrained"]
-        return os.path.join(NSM_PRETRAINED, p.get("checkpoint", "model.pth"))
+        from kneeflow.shape import find_checkpoint, find_config
+
+        cfg = json.loads(find_config(Path(NSM_PRETRAINED)).read_text())
+        return str(
+            find_checkpoint(
+                Path(NSM_PRETRAINED), cfg, SHAPE["pretrained"].get("checkpoint")
+            )
+        )
     return f"results/models/{NSM}/model.pth"
+
+
+def nsm_surfaces():
+    """The surfaces the shape model fits (femur first): one reconstruction mesh each."""
+    if NSM_PRETRAINED:
+        from kneeflow.shape import find_config, public_surfaces
+
+        p = SHAPE["pretrained"]
+        cfg = json.loads(find_config(Path(NSM_PRETRAINED)).read_text())
+        names = p.get("surfaces") or cfg.get("surfaces")
+        return list(names or public_surfaces(cfg))
+    return list(SHAPE.get("train", {}).get("surfaces", ["femur"]))
 
 
 def bscore_model_path():

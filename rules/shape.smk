@@ -21,7 +21,7 @@ rule train_nsm:
         mem_mb=per_attempt(6000),
         runtime=per_attempt(120),
     params:
-        lib=library_hash("shape", "mesh"),
+        lib=library_hash("shape", "mesh", "triplanar"),
         samples=NSM_TRAIN_IDS,
         sides=lambda wc: [ROWS[s]["side"] for s in NSM_TRAIN_IDS],
         train=SHAPE.get("train", {}),
@@ -39,6 +39,10 @@ for _batch, _ids in nsm_batches():
             checkpoint=nsm_checkpoint(),
             meshes=[f"results/{s}/meshes" for s in _ids],
         output:
+            **{
+                f"recon_{k}": [f"results/{s}/shape/nsm_recon_{k}.vtk" for s in _ids]
+                for k in nsm_surfaces()[1:]
+            },
             fits=[f"results/{s}/shape/nsm.json" for s in _ids],
             recon=[f"results/{s}/shape/nsm_recon.vtk" for s in _ids],
         log:
@@ -53,7 +57,7 @@ for _batch, _ids in nsm_batches():
             mem_mb=per_attempt(4000),
             runtime=per_attempt(60),
         params:
-            lib=library_hash("shape", "mesh"),
+            lib=library_hash("shape", "mesh", "triplanar", "nsm_recipe"),
             samples=_ids,
             sides=[ROWS[s]["side"] for s in _ids],
             fit=SHAPE.get("fit", {}),
@@ -74,6 +78,7 @@ rule fit_bscore:
     conda:
         "../envs/base.yaml"
     params:
+        lib=library_hash("bscore"),
         samples=BSCORE_FIT_IDS,
         groups=[ROWS[s]["group"] for s in BSCORE_FIT_IDS],
     script:
@@ -97,6 +102,7 @@ rule bscore:
     conda:
         "../envs/base.yaml"
     params:
+        lib=library_hash("bscore"),
         samples=NSM_FIT_IDS,
         meta=lambda wc: sample_meta(),
         fit_ids=BSCORE_FIT_IDS,

@@ -17,6 +17,7 @@ def main(sm):
     rows = []
     for s, f, out in zip(sm.params.samples, sm.input.fits, sm.output.scores):
         fit = json.load(open(f))
+        shape.check_pair(model, len(fit["latent"]), str(sm.input.model), f"the shape model of {f} ({fit.get('model')})")
         b = shape.bscore(model, fit["latent"])
         rec = {"sample": s, "bscore": b, "model": str(sm.input.model), "assd_mm": fit["assd_mm"],
                "used_to_fit_bscore": s in fit_ids}

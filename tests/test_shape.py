@@ -175,33 +175,29 @@ def test_checkpoint_errors(tmp_path, tiny_model):
         shape.load_model(folder)
 
 
-def test_public_triplanar_layout_loads_and_fits(tmp_path, femurs):
-    """A small model of the public knee NSM's architecture, saved in its layout, loads and fits."""
+def test_triplanar_trains_and_loads_in_the_public_layout(tmp_path, femurs):
+    """Our trainer can train the public triplanar decoder and save it in the public layout; it loads back."""
     import torch
 
-    cfg = {"decoder": "triplanar", "surfaces": ["femur"], "latent_size": 16, "plane_channels": 8, "plane_size": 16,
-           "conv_channels": 16, "mlp_hidden": [32, 32, 32], "steps": 60, "points_per_step": 512,
-           "samples_per_shape": 4000, "seed": 0}
+    cfg = {"decoder": "triplanar", "surfaces": ["femur"], "latent_size": 8, "conv_hidden_dims": [8, 8, 8],
+           "conv_norm_type": "layer", "sdf_latent_size": 8, "sdf_hidden_dims": [16, 16], "steps": 30,
+           "points_per_step": 512, "samples_per_shape": 4000, "seed": 0}
     m = shape.train({k: {"femur": v} for k, v in femurs.items()}, SIDES, cfg)
-    folder = tmp_path / "public"
-    folder.mkdir()
-    # the public layout: model_params_config.json + {"model": state_dict}, reference as a mesh beside it
-    torch.save({"model": m.decoder.state_dict()}, folder / "2000.pth")
-    (folder / "model_params_config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "steps"}))
-    from kneeflow.mesh import write_vtk
-
-    write_vtk(femurs["k0"], folder / "reference.vtk")
-    with pytest.raises(shape.ShapeError, match="no reference surface"):
-        shape.load_model(folder, checkpoint="2000.pth")
-    pub = shape.load_model(folder, checkpoint="2000.pth", reference_mesh=str(folder / "reference.vtk"))
-    names = [n for n, _ in pub.decoder.named_parameters()]
-    assert any("parametrizations.weight.original0" in n for n in names)  # weight-normed MLP
-    z = torch.zeros(1, 16)
-    x = torch.zeros(1, 5, 3)
-    out = pub.decoder(z, x)
-    assert out.shape == (1, 5, 1) and float(out.abs().max()) <= 1.0  # tanh head
-    r = shape.fit(pub, {"k2": {"femur": femurs["k2"]}}, SIDES, iterations=20, points=800, n_samples=4000)["k2"]
-    assert np.isfinite(r.loss) and len(r.latent) == 16
+    shape.save_public(m, tmp_path / "pub", epoch=30)
+    shape.save_public(m, tmp_path / "pub", epoch=7)  # an earlier checkpoint beside it: the highest epoch wins
+    assert shape.find_checkpoint(tmp_path / "pub", {}).name == "30.pth"
+    pub = shape.load_model(tmp_path / "pub")
+    assert pub.public and pub.surfaces == ["femur"] and pub.reference is None
+    names = list(pub.decoder.state_dict())
+    assert "sdf_decoder.layers.0.weight_g" in names and "vae_decoder.decoder.0.weight" in names
+    x = np.random.default_rng(0).uniform(-1, 1, (50, 3))
+    z = np.asarray([m.latents["k0"]])
+    with torch.no_grad():
+        want = m.decoder(torch.as_tensor(z, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32)[None]).numpy()
+    got = pub.sdf(z, x)
+    assert got.shape == (1, 50, 1) and got.dtype == np.float32
+    assert np.abs(got - want).max() < 1e-6
+    assert pub.mean_shape(resolution=48).shape[1] == 3  # the zero latent decodes to a surface
 
 
 def test_bone_and_cartilage_heads(femurs):

@@ -264,3 +264,54 @@ def test_report_builds_with_figures(small_demo):
     assert len(html) > 100_000
     for name in ("thickness_by_group", "t2_by_group", "femoral_thickness_maps"):
         assert name in html, name
+
+
+@pytest.mark.slow
+def test_public_shape_model_through_the_workflow(small_demo, tmp_path):
+    """A two-surface triplanar model in the public layout fits the knees with the public recipe.
+
+    The second surface is the patella (named by ``pretrained.surfaces``): a model this small cannot
+    learn the thin cartilage in seconds; the path is the same for any second surface.
+    """
+    import numpy as np
+
+    from kneeflow import shape
+
+    wd0, _ = small_demo
+    wd = tmp_path / "w"
+    shutil.copytree(wd0, wd, symlinks=True)
+    knees = {s: {k: shape.load_surface(wd / "results" / s / "meshes" / f"{k}.vtk") for k in ("femur", "patella")}
+             for s in ("knee01", "knee02", "knee14")}
+    sides = {"knee01": "right", "knee02": "left", "knee14": "right"}
+    cfg = {"decoder": "triplanar", "surfaces": ["femur", "patella"], "latent_size": 8,
+           "conv_hidden_dims": [16, 16, 16], "conv_norm_type": "layer", "sdf_latent_size": 8,
+           "sdf_hidden_dims": [32, 32], "steps": 800, "points_per_step": 1024, "samples_per_shape": 6000, "seed": 0,
+           "lr": 3e-3, "latent_lr": 3e-3}
+    m = shape.train(knees, sides, cfg)
+    folder = wd / "public_nsm"
+    shape.save_public(m, folder, epoch=800)
+    bm = {"bscore_vector": (np.ones(8) / np.sqrt(8)).tolist(), "mean_healthy": 0.0, "std_healthy": 0.5}
+    (wd / "bscore.json").write_text(json.dumps(bm))
+    over = yaml.safe_load((wd / "config" / "small.yaml").read_text())
+    over["shape"]["pretrained"] = {"folder": "public_nsm", "surfaces": ["femur", "patella"]}
+    over["shape"]["bscore_model"] = "bscore.json"
+    over["shape"]["fit"] = {"resolution": 64, "public": {"num_iterations_recon": 300}}
+    (wd / "config" / "public.yaml").write_text(yaml.safe_dump(over))
+    smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/public.yaml", "--cores", "2",
+        "results/tables/bscore.csv", cwd=wd, timeout=900)
+    for s in knees:
+        fit = json.loads((wd / "results" / s / "shape" / "nsm.json").read_text())
+        assert fit["recipe"] == "public" and len(fit["latent"]) == 8
+        # a tiny model (800 steps on 3 knees): mm-level surfaces (measured femur 1.6-2.1, patella 2.9-3.8 mm)
+        assert set(fit["assd"]) == {"femur", "patella"} and fit["assd"]["femur"] < 3.0 and fit["assd"]["patella"] < 6.0
+        assert np.asarray(fit["icp_transform"]).shape == (4, 4) and fit["clip_z_mm"] is not None
+        assert (wd / "results" / s / "shape" / "nsm_recon_patella.vtk").exists()
+    b = pd.read_csv(wd / "results" / "tables" / "bscore.csv").set_index("sample")
+    assert b.loc["knee02", "bscore"] == pytest.approx(
+        (np.asarray(json.loads((wd / "results" / "knee02" / "shape" / "nsm.json").read_text())["latent"]) @ bm["bscore_vector"]) / 0.5,
+        rel=1e-5)  # the table holds 6 significant digits
+    # a BScore model of another NSM is refused, naming the file
+    (wd / "bscore.json").write_text(json.dumps({**bm, "bscore_vector": [1.0] + [0.0] * 15}))
+    r = smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/public.yaml", "--cores", "1",
+            "results/tables/bscore.csv", cwd=wd, check=False, timeout=600)
+    assert r.returncode != 0 and "bscore.json: its bscore_vector has 16 values" in r.stdout + r.stderr

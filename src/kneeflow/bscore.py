@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["ShapeError", "bscore", "check_pair", "fit_bscore", "load_bscore_model", "save_bscore_model"]
+
 
 class ShapeError(ValueError):
     """A mesh, shape model or BScore model that cannot be used; the message names the file and the problem."""
@@ -36,12 +38,22 @@ def fit_bscore(latents: dict[str, list[float]], groups: dict[str, str]) -> dict:
             "mean_latent_oa": mo.tolist()}
 
 
-def bscore(model: dict, latent) -> float:
+def bscore(model: dict, latent):
+    """BScore of latents (L,) -> float, (1, L) -> array (1,), (N, L) -> array (N,), as the public code."""
     v = np.asarray(model["bscore_vector"], dtype=np.float64)
     z = np.asarray(latent, dtype=np.float64)
-    if z.shape != v.shape:
-        raise ShapeError(f"latent of size {z.size} does not match the BScore vector of size {v.size}")
-    return float((z @ v - model["mean_healthy"]) / model["std_healthy"])
+    if z.ndim not in (1, 2) or z.shape[-1] != v.size:
+        raise ShapeError(f"latent of shape {z.shape} does not match the BScore vector of size {v.size}")
+    score = (z @ v - model["mean_healthy"]) / model["std_healthy"]
+    return float(score) if z.ndim == 1 else score
+
+
+def check_pair(model: dict, latent_size: int, model_name: str = "BScore model", nsm_name: str = "shape model") -> None:
+    """Refuse a BScore model that belongs to another NSM (its vector's size differs from the latents')."""
+    n = len(model["bscore_vector"])
+    if n != int(latent_size):
+        raise ShapeError(f"{model_name}: its bscore_vector has {n} values but {nsm_name} has latents of size "
+                         f"{latent_size}; a BScore model belongs to one NSM (pair them in shape.pretrained)")
 
 
 def save_bscore_model(model: dict, path: str | os.PathLike) -> None:
@@ -52,7 +64,10 @@ def save_bscore_model(model: dict, path: str | os.PathLike) -> None:
 
 
 def load_bscore_model(path: str | os.PathLike) -> dict:
+    """A ``model.json``, or a public ``BSCORE_MODELS/<name>/`` folder holding one."""
     p = Path(path)
+    if p.is_dir():
+        p = p / "model.json"
     try:
         m = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -60,6 +75,8 @@ def load_bscore_model(path: str | os.PathLike) -> dict:
     missing = [k for k in ("bscore_vector", "mean_healthy", "std_healthy") if k not in m]
     if missing:
         raise ShapeError(f"{p}: BScore model lacks {missing}")
+    if not isinstance(m["bscore_vector"], list) or not m["bscore_vector"]:
+        raise ShapeError(f"{p}: bscore_vector must be a non-empty list of numbers")
     if not m["std_healthy"] > 0:
         raise ShapeError(f"{p}: std_healthy must be > 0, got {m['std_healthy']}")
     return m

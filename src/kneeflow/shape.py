@@ -51,8 +51,8 @@ def _vtk():
     return vtk, ns
 
 
-def load_surface(path: str | os.PathLike):
-    """Read a closed triangle mesh; refuse empty or open meshes with the file's name."""
+def load_surface(path: str | os.PathLike, *, closed: bool = True):
+    """Read a triangle mesh; refuse empty meshes (and open ones when ``closed``) with the file's name."""
     from kneeflow.mesh import read_vtk
 
     p = Path(path)
@@ -62,14 +62,16 @@ def load_surface(path: str | os.PathLike):
         poly = read_vtk(p)
     except Exception as e:  # noqa: BLE001 - reader errors vary
         raise ShapeError(str(e) if str(p) in str(e) else f"{p}: unreadable mesh ({e})") from None
-    check_surface(poly, str(p))
+    check_surface(poly, str(p), closed=closed)
     return poly
 
 
-def check_surface(poly, where: str = "mesh") -> None:
+def check_surface(poly, where: str = "mesh", closed: bool = True) -> None:
     vtk, _ = _vtk()
     if poly is None or poly.GetNumberOfPoints() == 0 or poly.GetNumberOfCells() == 0:
         raise ShapeError(f"{where}: empty mesh (no points or no triangles)")
+    if not closed:
+        return
     fe = vtk.vtkFeatureEdges()
     fe.SetInputData(poly)
     fe.BoundaryEdgesOn()
@@ -119,15 +121,19 @@ def sample_on_surface(points: np.ndarray, tris: np.ndarray, n: int, rng: np.rand
     return (1 - s)[:, None] * a[idx] + (s * (1 - r2))[:, None] * b[idx] + (s * r2)[:, None] * c[idx]
 
 
-def signed_distance(points: np.ndarray, tris: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Signed distance of ``query`` to the closed mesh (negative inside), via VTK."""
+def signed_distance(points: np.ndarray, tris: np.ndarray, query: np.ndarray, *, auto_orient: bool = True) -> np.ndarray:
+    """Signed distance of ``query`` to the mesh (negative inside), via VTK.
+
+    ``auto_orient`` orients the normals outward, which needs a closed surface; an open surface
+    (a clipped femur) keeps the winding of its triangles (outward for the workflow's meshes).
+    """
     vtk, ns = _vtk()
     poly = make_poly(points, tris)
     normals = vtk.vtkPolyDataNormals()
     normals.SetInputData(poly)
     normals.ComputePointNormalsOn()
     normals.ComputeCellNormalsOn()
-    normals.AutoOrientNormalsOn()
+    normals.SetAutoOrientNormals(auto_orient)
     normals.ConsistencyOn()
     normals.SplittingOff()
     normals.Update()
@@ -181,7 +187,7 @@ class Alignment:
         return bool(self.mirror)
 
 
-def _icp_similarity(source: np.ndarray, target: np.ndarray, iterations: int = 60) -> np.ndarray:
+def _icp_similarity(source: np.ndarray, target: np.ndarray, iterations: int = 60, landmarks: int = 2000) -> np.ndarray:
     """4x4 similarity that moves ``source`` points onto ``target`` points (VTK's ICP)."""
     vtk, ns = _vtk()
 
@@ -200,7 +206,7 @@ def _icp_similarity(source: np.ndarray, target: np.ndarray, iterations: int = 60
     icp.SetTarget(cloud(target))
     icp.GetLandmarkTransform().SetModeToSimilarity()
     icp.SetMaximumNumberOfIterations(iterations)
-    icp.SetMaximumNumberOfLandmarks(2000)
+    icp.SetMaximumNumberOfLandmarks(landmarks)
     icp.StartByMatchingCentroidsOn()
     icp.CheckMeanDistanceOn()
     icp.SetMaximumMeanDistance(1e-7)
@@ -287,7 +293,11 @@ def build_decoder(cfg: dict):
     """The decoder a ``model_params_config``-style dict describes."""
     torch = _torch()
     nn = torch.nn
-    kind = cfg.get("decoder", "deepsdf")
+    kind = cfg.get("model_type", cfg.get("decoder", "deepsdf"))
+    if kind == "triplanar":
+        from kneeflow.triplanar import build_triplanar
+
+        return build_triplanar({"objects_per_decoder": len(cfg.get("surfaces", ["femur"])), **cfg})
 
     class DeepSDF(nn.Module):
         def __init__(self, latent_size, hidden, n_layers, n_surfaces, fourier, skip):
@@ -318,55 +328,10 @@ def build_decoder(cfg: dict):
                 h = torch.relu(layer(h))
             return torch.tanh(self.out(h))
 
-    class Triplanar(nn.Module):
-        def __init__(self, latent_size, plane_channels, plane_size, conv_channels, mlp_hidden, n_surfaces):
-            super().__init__()
-            self.start = 4
-            n_up = int(round(math.log2(plane_size / self.start)))
-            if self.start * 2**n_up != plane_size:
-                raise ShapeError(f"triplanar plane_size {plane_size} must be 4 * 2^k")
-            self.plane_channels = plane_channels
-            self.fc = nn.Linear(latent_size, conv_channels * self.start * self.start)
-            self.conv_channels = conv_channels
-            ups = []
-            c = conv_channels
-            for i in range(n_up):
-                c_out = 3 * plane_channels if i == n_up - 1 else conv_channels
-                ups += [nn.ConvTranspose2d(c, c_out, 4, stride=2, padding=1)]
-                if i < n_up - 1:
-                    ups += [nn.LeakyReLU(0.2)]
-                c = c_out
-            self.planes = nn.Sequential(*ups)
-            dims = [plane_channels + 3] + list(mlp_hidden) + [n_surfaces]
-            mlp = []
-            for a, b in zip(dims[:-1], dims[1:]):
-                mlp.append(nn.utils.parametrizations.weight_norm(nn.Linear(a, b)))
-            self.mlp = nn.ModuleList(mlp)
-
-        def forward(self, z, x):
-            b = z.shape[0]
-            p = self.planes(self.fc(z).view(b, self.conv_channels, self.start, self.start))
-            c = self.plane_channels
-            f = 0
-            for k, (i, j) in enumerate(((0, 1), (0, 2), (1, 2))):
-                grid = x[..., [i, j]][:, :, None, :]  # (B, N, 1, 2) in [-1, 1]
-                s = torch.nn.functional.grid_sample(p[:, k * c:(k + 1) * c], grid, mode="bilinear",
-                                                    padding_mode="border", align_corners=True)
-                f = f + s[..., 0].transpose(1, 2)  # (B, N, C)
-            h = torch.cat([f, x], dim=-1)
-            for i, layer in enumerate(self.mlp):
-                h = layer(h)
-                if i < len(self.mlp) - 1:
-                    h = torch.relu(h)
-            return torch.tanh(h)
-
     n_surf = len(cfg.get("surfaces", ["femur"]))
     if kind == "deepsdf":
         return DeepSDF(cfg["latent_size"], cfg.get("hidden", 128), cfg.get("n_layers", 6), n_surf,
                        cfg.get("fourier", 4), cfg.get("skip", 3))
-    if kind == "triplanar":
-        return Triplanar(cfg["latent_size"], cfg.get("plane_channels", 128), cfg.get("plane_size", 64),
-                         cfg.get("conv_channels", 256), cfg.get("mlp_hidden", [512, 512, 512]), n_surf)
     raise ShapeError(f"unknown decoder {kind!r} (deepsdf or triplanar)")
 
 
@@ -377,12 +342,53 @@ def build_decoder(cfg: dict):
 class ShapeModel:
     cfg: dict
     decoder: object
-    reference: np.ndarray  # (n, 3) model-space points of the reference surface
+    reference: np.ndarray | None  # (n, 3) model-space points of the reference surface (None: the mean shape)
     latents: dict[str, list[float]] = field(default_factory=dict)  # training shapes
     folder: str = ""
+    public: bool = False  # a public (gattia/nsm) model folder: fitted with the public recipe
+
+    @property
+    def surfaces(self) -> list[str]:
+        return list(self.cfg.get("surfaces", ["femur"]))
+
+    @property
+    def latent_size(self) -> int:
+        return int(self.cfg["latent_size"])
+
+    def sdf(self, latents, points, *, chunk: int = 65536) -> np.ndarray:
+        """Signed distances (B, N, n_surfaces), float32, of latents (B, L) at model-space points (N, 3)."""
+        torch = _torch()
+        dev = next(self.decoder.parameters()).device
+        z = torch.as_tensor(np.atleast_2d(np.asarray(latents, dtype=np.float32)), device=dev)
+        x = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+        if z.shape[1] != self.latent_size:
+            raise ShapeError(f"{self.folder or 'shape model'}: latents of size {z.shape[1]}, the model's is {self.latent_size}")
+        self.decoder.eval()
+        out = []
+        with torch.no_grad():
+            for i in range(0, max(len(x), 1), chunk):
+                q = torch.as_tensor(x[i:i + chunk], device=dev)[None].expand(len(z), -1, -1)
+                out.append(self.decoder(z, q).float().cpu().numpy())
+        return np.concatenate(out, axis=1).astype(np.float32)
+
+    def mean_shape(self, resolution: int = 128) -> np.ndarray:
+        """Vertices (model space) of the zero latent's first surface, decoded on a grid over [-1, 1]^3."""
+        if self.reference is None:
+            from skimage.measure import marching_cubes
+
+            ax = np.linspace(-1.0, 1.0, resolution, dtype=np.float32)
+            grid = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), axis=-1).reshape(-1, 3)
+            vol = self.sdf(np.zeros((1, self.latent_size)), grid)[0, :, 0].reshape((resolution,) * 3)
+            if vol.min() > 0 or vol.max() < 0:
+                raise ShapeError(f"{self.folder}: the mean shape (zero latent) has no surface in [-1, 1]^3")
+            step = 2.0 / (resolution - 1)
+            verts, _, _, _ = marching_cubes(vol, 0.0, spacing=(step, step, step))
+            self.reference = (verts - 1.0).astype(np.float64)
+        return self.reference
 
 
 CONFIG_NAME = "model_params_config.json"
+CONFIG_NAMES = (CONFIG_NAME, "model_config.json")  # some public releases use the second name
 CHECKPOINT_NAME = "model.pth"
 
 
@@ -399,28 +405,86 @@ def save_model(model: ShapeModel, folder: str | os.PathLike) -> None:
     write_json(model.latents, folder / "latents.json")
 
 
-def load_model(folder: str | os.PathLike, *, checkpoint: str | None = None, reference_mesh: str | None = None,
-               sha256: dict[str, str] | None = None, device: str = "cpu") -> ShapeModel:
-    """Load an NSM folder (ours or the public layout: ``model_params_config.json`` + ``{"model": state_dict}``).
+def save_public(model: ShapeModel, folder: str | os.PathLike, epoch: int) -> Path:
+    """Write a triplanar model in the public layout: ``model_params_config.json`` + ``model/<epoch>.pth``."""
+    torch = _torch()
+    from kneeflow.io import write_json
 
-    ``reference_mesh`` gives the reference surface for folders whose checkpoint does not carry one
-    (the public models align to a reference mesh distributed beside them). ``sha256`` maps file name
-    -> expected checksum; a mismatch is refused.
+    folder = Path(folder)
+    (folder / "model").mkdir(parents=True, exist_ok=True)
+    cfg = {k: v for k, v in model.cfg.items() if k not in ("history", "decoder")}
+    cfg.setdefault("model_type", "triplanar")
+    cfg.setdefault("objects_per_decoder", len(model.surfaces))
+    # our training aligns every shape to the first by a similarity: one scale for all, as the 647 model
+    cfg.setdefault("scale_jointly", True)
+    ck = folder / "model" / f"{int(epoch)}.pth"
+    tmp = ck.with_name(f".{ck.name}.part")
+    torch.save({"epoch": int(epoch), "model": model.decoder.state_dict()}, tmp)
+    os.replace(tmp, ck)
+    write_json(cfg, folder / CONFIG_NAME)
+    return ck
+
+
+def find_config(folder: Path) -> Path:
+    for name in CONFIG_NAMES:
+        if (folder / name).exists():
+            return folder / name
+    raise ShapeError(f"{folder}: not a shape model folder (no {' or '.join(CONFIG_NAMES)})")
+
+
+def find_checkpoint(folder: Path, cfg: dict, checkpoint: str | None = None) -> Path:
+    """The checkpoint asked for, else ours (``model.pth``), else the public ``model/<highest epoch>.pth``."""
+    if checkpoint:
+        return folder / checkpoint
+    if cfg.get("checkpoint"):
+        return folder / cfg["checkpoint"]
+    if (folder / CHECKPOINT_NAME).exists():
+        return folder / CHECKPOINT_NAME
+    epochs = sorted((int(p.stem), p) for p in (folder / "model").glob("*.pth") if p.stem.isdigit())
+    if epochs:
+        return epochs[-1][1]
+    raise ShapeError(f"{folder}: no checkpoint ({CHECKPOINT_NAME} or model/<epoch>.pth)")
+
+
+def public_surfaces(cfg: dict) -> list[str]:
+    """kneeflow's mesh names for a public model's outputs: bone, then cartilage."""
+    n = int(cfg.get("objects_per_decoder", 1))
+    names = ["femur", "femoral_cartilage"]
+    if n > len(names):
+        raise ShapeError(f"a public model with {n} surfaces: name them with shape.pretrained.surfaces")
+    return names[:n]
+
+
+def load_model(folder: str | os.PathLike, *, checkpoint: str | None = None, reference_mesh: str | None = None,
+               sha256: dict[str, str] | None = None, device: str = "cpu", surfaces: list[str] | None = None) -> ShapeModel:
+    """Load an NSM folder: ours, or the public layout (gattia/nsm, ShapeMedKnee).
+
+    Public: ``model_params_config.json`` (or ``model_config.json``) and ``model/<epoch>.pth`` =
+    ``{"epoch", "model": state_dict}`` (the highest epoch unless ``checkpoint`` names one); the
+    reference surface is the model's mean shape (zero latent). ``reference_mesh`` gives a reference
+    surface for folders of our own layout whose checkpoint does not carry one. ``sha256`` maps a file
+    (relative to the folder) to its expected checksum; a mismatch is refused. Weights are loaded with
+    ``weights_only=True``.
     """
     from kneeflow.provenance import sha256 as file_sha256
 
     torch = _torch()
     folder = Path(folder)
-    cfg_path = folder / CONFIG_NAME
-    if not cfg_path.exists():
-        raise ShapeError(f"{folder}: not a shape model folder (no {CONFIG_NAME})")
+    cfg_path = find_config(folder)
     try:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise ShapeError(f"{cfg_path}: invalid JSON ({e})") from None
-    ck = folder / (checkpoint or cfg.get("checkpoint", CHECKPOINT_NAME))
+    public = "model_type" in cfg
+    if public and cfg["model_type"] != "triplanar":
+        raise ShapeError(f"{cfg_path}: model_type {cfg['model_type']!r} is not supported (triplanar)")
+    if public:
+        cfg["surfaces"] = list(surfaces or cfg.get("surfaces") or public_surfaces(cfg))
+        if len(cfg["surfaces"]) != int(cfg.get("objects_per_decoder", 1)):
+            raise ShapeError(f"{cfg_path}: {cfg.get('objects_per_decoder', 1)} surfaces, {len(cfg['surfaces'])} names given")
+    ck = find_checkpoint(folder, cfg, checkpoint)
     if not ck.exists():
-        raise ShapeError(f"{folder}: checkpoint {ck.name} not found")
+        raise ShapeError(f"{folder}: checkpoint {ck.relative_to(folder)} not found")
     for name, want in (sha256 or {}).items():
         got = file_sha256(folder / name)
         if got != want.lower():
@@ -431,11 +495,14 @@ def load_model(folder: str | os.PathLike, *, checkpoint: str | None = None, refe
         raise ShapeError(f"{ck}: not a safe weights-only checkpoint or corrupt ({type(e).__name__})") from None
     if not isinstance(obj, dict) or "model" not in obj:
         raise ShapeError(f"{ck}: expected a dict with key 'model' (the decoder's state_dict)")
-    dec = build_decoder(cfg)
+    try:
+        dec = build_decoder(cfg)
+    except (ValueError, KeyError) as e:
+        raise ShapeError(f"{cfg_path}: cannot build the decoder ({e})") from None
     try:
         dec.load_state_dict(obj["model"])
     except RuntimeError as e:
-        raise ShapeError(f"{ck}: weights do not match {CONFIG_NAME} ({str(e).splitlines()[0]})") from None
+        raise ShapeError(f"{ck}: weights do not match {cfg_path.name} ({str(e).splitlines()[0]})") from None
     if "reference" in obj:
         reference = obj["reference"].cpu().numpy()
     elif reference_mesh:
@@ -443,12 +510,14 @@ def load_model(folder: str | os.PathLike, *, checkpoint: str | None = None, refe
         pts, tris = mesh_arrays(poly)
         al = align(pts, False, None)
         reference = sample_on_surface(al.forward(pts), tris, 20000, np.random.default_rng(0))
+    elif public:
+        reference = None  # the mean shape, decoded when a fit needs it
     else:
         raise ShapeError(f"{folder}: no reference surface in the checkpoint; give the model's reference mesh")
     latents = {}
     if (folder / "latents.json").exists():
         latents = json.loads((folder / "latents.json").read_text())
-    return ShapeModel(cfg, dec.to(device).eval(), reference, latents, str(folder))
+    return ShapeModel(cfg, dec.to(device).eval(), reference, latents, str(folder), public=public)
 
 
 # ---------------------------------------------------------------------------------------------- train / fit
@@ -473,12 +542,17 @@ def prepare(poly_by_surface: dict[str, object], mirror: bool, reference: np.ndar
     surfaces = list(poly_by_surface)
     pts, tris = mesh_arrays(poly_by_surface[surfaces[0]])
     al = align(pts, mirror, reference, where=where, **align_kw)
-    q, d0 = sdf_samples(al.forward(pts), tris, n, rng)
-    cols = [d0]
-    for s in surfaces[1:]:
-        p2, t2 = mesh_arrays(poly_by_surface[s])
-        cols.append(signed_distance(al.forward(p2), t2, q).astype(np.float32))
-    return al, q, np.stack(cols, axis=1), {"points": al.forward(pts), "tris": tris}
+    if len(surfaces) == 1:
+        q, d0 = sdf_samples(al.forward(pts), tris, n, rng)
+        return al, q, d0[:, None], {"points": al.forward(pts), "tris": tris}
+    # several surfaces: samples near each surface (an equal share), every surface's SDF at all of them
+    meshes = [(al.forward(pts), tris)] + [(al.forward(p2), t2) for p2, t2 in
+                                          (mesh_arrays(poly_by_surface[s]) for s in surfaces[1:])]
+    shares = [n // len(meshes)] * len(meshes)
+    shares[0] += n - sum(shares)
+    q = np.concatenate([sdf_samples(p, t, k, rng)[0] for (p, t), k in zip(meshes, shares)])
+    d = np.stack([signed_distance(p, t, q).astype(np.float32) for p, t in meshes], axis=1)
+    return al, q, d, {"points": meshes[0][0], "tris": tris}
 
 
 def train(shapes: dict[str, dict[str, object]], sides: dict[str, str], cfg: dict, *, device: str = "cpu",
@@ -493,6 +567,11 @@ def train(shapes: dict[str, dict[str, object]], sides: dict[str, str], cfg: dict
     first = ids[0]
     fp, ft = mesh_arrays(shapes[first][cfg["surfaces"][0]])
     ref_al = align(fp, sides[first] == "left", None)
+    # every surface inside the unit sphere (the first alone sets the scale when it encloses the others)
+    extent = max([float(np.linalg.norm(ref_al.forward(mesh_arrays(shapes[first][k])[0]), axis=1).max())
+                  for k in cfg["surfaces"][1:]], default=0.0)
+    if extent > 0.9:
+        ref_al.scale *= 0.9 / extent
     reference = sample_on_surface(ref_al.forward(fp), ft, 20000, np.random.default_rng(seed))
     n = int(cfg.get("samples_per_shape", 20000))
     qs, ds = [], []
@@ -561,7 +640,7 @@ def fit(model: ShapeModel, knees: dict[str, dict[str, object]], sides: dict[str,
         missing = [k for k in surfaces if k not in knees[s]]
         if missing:
             raise ShapeError(f"{s}: the shape model needs surfaces {surfaces}; missing {missing}")
-        prepared[s] = prepare({k: knees[s][k] for k in surfaces}, sides[s] == "left", model.reference, n_samples,
+        prepared[s] = prepare({k: knees[s][k] for k in surfaces}, sides[s] == "left", model.mean_shape(), n_samples,
                               seed, where=f"{s}", max_residual=max_residual, max_rotation_deg=max_rotation_deg)
     dec = model.decoder.to(device).eval()
     for p in dec.parameters():
@@ -631,7 +710,7 @@ def reconstruct(model: ShapeModel, latent, alignment: Alignment | dict, *, resol
             vals.append(model.decoder(z, torch.as_tensor(chunk, device=device)[None])[0, :, surface].cpu().numpy())
     vol = np.concatenate(vals).reshape(resolution, resolution, resolution)
     if vol.min() > 0 or vol.max() < 0:
-        raise ShapeError("the decoded shape has no surface inside the unit cube (fit diverged?)")
+        raise ShapeError(f"the decoded {model.surfaces[surface]} has no surface inside the unit cube (fit diverged?)")
     step = (hi - lo) / (resolution - 1)
     verts, faces, _, _ = marching_cubes(vol, 0.0, spacing=(step, step, step))
     verts = verts + lo
