@@ -24,6 +24,10 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/resources.smk"
+include: "rules/sheet.smk"
+include: "rules/models.smk"
+include: "rules/targets.smk"
 include: "rules/demo.smk"
 include: "rules/ingest.smk"
 include: "rules/segment.smk"
@@ -33,9 +37,6 @@ include: "rules/shape.smk"
 include: "rules/export.smk"
 include: "rules/tables.smk"
 include: "rules/figures.smk"
-
-
-check_job_rules(workflow.rules)
 
 
 rule all:

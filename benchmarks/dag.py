@@ -12,7 +12,7 @@ label map, so no data is read) and four dry runs are timed:
   Snakemake's own cost of those files and directives, so kneeflow / declared is the cost of
   kneeflow's code (sheet checks, config schema, input patterns, its other rules);
 - declared, script: the same with `script:`, which Snakemake reads and caches once per job: the
-  reason the per-sample rules run their scripts from `shell:` (kneeflow.job).
+  reason the per-sample rules run the `kneeflow` command from `shell:`.
 Each time is the fastest of --repeat runs, the workflows taking turns. With --calls each dry run is
 also run once under cProfile and its Python function calls are counted: a measure of work that does
 not vary with the machine's speed (which varied by 20-50 % between runs here). Prints a

@@ -21,13 +21,15 @@ rule phantom:
         mem_mb=per_attempt(2000),
         runtime=per_attempt(10),
     params:
-        job=job_spec(
-            "phantom",
-            lib=library_hash("phantom"),
-            seed=lambda wc: int(row(wc)["seed"]),
-            side=lambda wc: row(wc)["side"],
-            oa=lambda wc: float(row(wc)["oa_severity"] or 0.0),
-            spacing=config.get("demo", {}).get("spacing_mm", 0.7),
+        code=command_code("phantom"),
+        options=fixed_signature(
+            lambda wc: cli_options(
+                seed=int(row(wc)["seed"]),
+                side=row(wc)["side"],
+                oa_severity=float(row(wc)["oa_severity"] or 0.0),
+                spacing_mm=config["demo"]["spacing_mm"],
+            )
         ),
     shell:
-        job_shell(output=("image", "labels", "echoes", "times", "truth"))
+        "kneeflow phantom --sample {wildcards.sample} {params.options}"
+        " --out results/demo/{wildcards.sample} --log {log:q}"

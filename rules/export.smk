@@ -27,8 +27,8 @@ rule export_model:
         mem_mb=per_attempt(8000),
         runtime=per_attempt(60),
     params:
-        lib=library_hash("export", "models"),
-        onnx_atol=EXPORT.get("onnx_atol", 1e-4),
+        code=script_code("export_model"),
+        onnx_atol=EXPORT["onnx_atol"],
     script:
         "../scripts/export_model.py"
 
@@ -46,7 +46,7 @@ rule export_nnunet:
     benchmark:
         "results/benchmarks/export/{net}.tsv"
     wildcard_constraints:
-        net="|".join(EXPORT.get("nnunet", {})) if EXPORT.get("nnunet") else "^$",
+        net="|".join(EXPORT["nnunet"]) or "^$",
     conda:
         "../envs/export.yaml"
     threads: 1
@@ -54,9 +54,9 @@ rule export_nnunet:
         mem_mb=per_attempt(16000),
         runtime=per_attempt(60),
     params:
-        lib=library_hash("export", "models"),
+        code=script_code("export_nnunet"),
         net=lambda wc: EXPORT["nnunet"][wc.net],
-        onnx_atol=EXPORT.get("onnx_atol", 1e-4),
+        onnx_atol=EXPORT["onnx_atol"],
     script:
         "../scripts/export_nnunet.py"
 
@@ -79,7 +79,7 @@ rule export_minilm:
         mem_mb=per_attempt(6000),
         runtime=per_attempt(30),
     params:
-        lib=library_hash("export"),
-        atol=EXPORT.get("minilm_atol", 1e-5),
+        code=script_code("export_minilm"),
+        atol=EXPORT["minilm_atol"],
     script:
         "../scripts/export_minilm.py"

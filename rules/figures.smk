@@ -12,6 +12,7 @@ rule fig_thickness:
     conda:
         "../envs/figures.yaml"
     params:
+        code=script_code("figures/thickness"),
         meta=lambda wc: sample_meta(),
     script:
         "../scripts/figures/thickness.py"
@@ -30,6 +31,7 @@ rule fig_thickness_maps:
     conda:
         "../envs/figures.yaml"
     params:
+        code=script_code("figures/thickness_maps"),
         samples=lambda wc: [s for s in IDS if has_any_labels(s)],
         meshes=lambda wc: [f"results/{s}/meshes" for s in IDS if has_any_labels(s)],
         meta=lambda wc: sample_meta(),
@@ -48,6 +50,7 @@ rule fig_t2:
     conda:
         "../envs/figures.yaml"
     params:
+        code=script_code("figures/t2"),
         meta=lambda wc: sample_meta(),
     script:
         "../scripts/figures/t2.py"
@@ -63,6 +66,8 @@ rule fig_dice:
     localrule: True
     conda:
         "../envs/figures.yaml"
+    params:
+        code=script_code("figures/dice"),
     script:
         "../scripts/figures/dice.py"
 
@@ -78,6 +83,7 @@ rule fig_training:
     conda:
         "../envs/figures.yaml"
     params:
+        code=script_code("figures/training"),
         models=TRAINED,
     script:
         "../scripts/figures/training.py"
@@ -94,6 +100,7 @@ rule fig_runtime:
     conda:
         "../envs/figures.yaml"
     params:
+        code=script_code("figures/runtime"),
         bench_dir="results/benchmarks",
     script:
         "../scripts/figures/runtime.py"
@@ -109,6 +116,8 @@ rule fig_bscore:
     localrule: True
     conda:
         "../envs/figures.yaml"
+    params:
+        code=script_code("figures/bscore"),
     script:
         "../scripts/figures/bscore.py"
 
@@ -123,5 +132,7 @@ rule fig_export_parity:
     localrule: True
     conda:
         "../envs/figures.yaml"
+    params:
+        code=script_code("figures/export_parity"),
     script:
         "../scripts/figures/export_parity.py"

@@ -20,12 +20,10 @@ rule ingest:
         mem_mb=per_attempt(2000),
         runtime=per_attempt(10),
     params:
-        job=job_spec(
-            "ingest",
-            lib=library_hash("io"),
-        ),
+        code=command_code("ingest"),
     shell:
-        job_shell(input=("image",), output=("image", "qc"))
+        "kneeflow ingest --sample {wildcards.sample} --scan {input.image:q}"
+        " --image {output.image:q} --qc {output.qc:q} --log {log:q}"
 
 
 rule ingest_echoes:
@@ -45,9 +43,7 @@ rule ingest_echoes:
         mem_mb=per_attempt(3000),
         runtime=per_attempt(10),
     params:
-        job=job_spec(
-            "ingest_echoes",
-            lib=library_hash("io"),
-        ),
+        code=command_code("ingest_echoes"),
     shell:
-        job_shell(input=("echoes",), output=("echoes", "times"))
+        "kneeflow ingest-echoes --sample {wildcards.sample} --series {input.echoes:q}"
+        " --echoes {output.echoes:q} --times {output.times:q} --log {log:q}"

@@ -20,14 +20,23 @@ rule import_labels:
         mem_mb=per_attempt(2000),
         runtime=per_attempt(10),
     params:
-        job=job_spec(
-            "import_labels",
-            lib=library_hash("io", "labels"),
-            convention=LABEL_CONVENTION,
-            extra_conventions=config.get("label_conventions", {}),
+        code=command_code("labels"),
+        options=(
+            fixed_signature(
+                lambda wc: cli_options(
+                    convention=LABEL_CONVENTION(wc),
+                    conventions=json.dumps(config["label_conventions"]),
+                )
+            )
+            if callable(LABEL_CONVENTION)
+            else cli_options(
+                convention=LABEL_CONVENTION,
+                conventions=json.dumps(config["label_conventions"]),
+            )
         ),
     shell:
-        job_shell(input=("labels", *IMPORT_IMAGE), output=("nii",))
+        f"kneeflow labels --sample {{wildcards.sample}} {{params.options}} --labels {{input.labels:q}}"
+        f"{' --image {input.image:q}' if IMPORT_IMAGE else ''} --out {{output.nii:q}} --log {{log:q}}"
 
 
 rule train_model:
@@ -57,7 +66,7 @@ rule train_model:
         mem_mb=per_attempt(8000),
         runtime=per_attempt(240),
     params:
-        lib=library_hash("training", "models", "inference"),
+        code=script_code("train_model"),
         train=lambda wc: model_cfg(wc.model)["train"],
         train_images=lambda wc: [f"results/{s}/image.nii.gz" for s in FIT_IDS],
         train_labels=lambda wc: [f"results/{s}/labels/provided.nii.gz" for s in FIT_IDS],
@@ -98,11 +107,11 @@ for _model, _batch, _ids in segment_batches():
             mem_mb=per_attempt(6000),
             runtime=per_attempt(60),
         params:
-            lib=library_hash("inference", "models", "io"),
+            code=script_code("segment"),
             samples=_ids,
             sides=[ROWS[s]["side"] for s in _ids],
             device=DEVICE,
-            mirror=config["segmentation"].get("mirror", True),
+            mirror=config["segmentation"]["mirror"],
             backend=segment_backend(_model),
             entry=model_cfg(_model),
         script:
@@ -128,13 +137,10 @@ rule segment_labels:
         mem_mb=per_attempt(2000),
         runtime=per_attempt(10),
     params:
-        job=job_spec("segment_labels"),
+        code=command_code("segment_collect"),
     shell:
-        job_shell(
-            input=("staging", "image"),
-            output=("nii", "nrrd"),
-            wildcards=("sample", "model"),
-        )
+        "kneeflow segment collect --sample {wildcards.sample} --staging {input.staging:q}"
+        " --image {input.image:q} --nii {output.nii:q} --nrrd {output.nrrd:q} --log {log:q}"
 
 
 rule dice:
@@ -152,6 +158,7 @@ rule dice:
         mem_mb=per_attempt(4000),
         runtime=per_attempt(20),
     params:
+        code=script_code("dice"),
         samples=DICE_IDS,
         model=lambda wc: wc.model,
     script:
@@ -170,5 +177,7 @@ rule table_dice:
     localrule: True
     conda:
         "../envs/base.yaml"
+    params:
+        code=script_code("aggregate"),
     script:
         "../scripts/aggregate.py"

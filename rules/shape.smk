@@ -21,10 +21,10 @@ rule train_nsm:
         mem_mb=per_attempt(6000),
         runtime=per_attempt(120),
     params:
-        lib=library_hash("shape", "mesh", "triplanar"),
+        code=script_code("train_nsm"),
         samples=NSM_TRAIN_IDS,
         sides=lambda wc: [ROWS[s]["side"] for s in NSM_TRAIN_IDS],
-        train=SHAPE.get("train", {}),
+        train=SHAPE["train"],
         device=DEVICE,
     script:
         "../scripts/train_nsm.py"
@@ -57,11 +57,11 @@ for _batch, _ids in nsm_batches():
             mem_mb=per_attempt(4000),
             runtime=per_attempt(60),
         params:
-            lib=library_hash("shape", "mesh", "triplanar", "nsm_recipe"),
+            code=script_code("fit_nsm"),
             samples=_ids,
             sides=[ROWS[s]["side"] for s in _ids],
-            fit=SHAPE.get("fit", {}),
-            model=SHAPE.get("pretrained", {}),
+            fit=SHAPE["fit"],
+            model=SHAPE["pretrained"],
             device=DEVICE,
         script:
             "../scripts/fit_nsm.py"
@@ -78,7 +78,7 @@ rule fit_bscore:
     conda:
         "../envs/base.yaml"
     params:
-        lib=library_hash("bscore"),
+        code=script_code("fit_bscore"),
         samples=BSCORE_FIT_IDS,
         groups=[ROWS[s]["group"] for s in BSCORE_FIT_IDS],
     script:
@@ -102,7 +102,7 @@ rule bscore:
     conda:
         "../envs/base.yaml"
     params:
-        lib=library_hash("bscore"),
+        code=script_code("bscore"),
         samples=NSM_FIT_IDS,
         meta=lambda wc: sample_meta(),
         fit_ids=BSCORE_FIT_IDS,

@@ -20,14 +20,15 @@ rule t2:
         mem_mb=per_attempt(3000),
         runtime=per_attempt(20),
     params:
-        job=job_spec(
-            "t2",
-            lib=library_hash("t2", "io", "labels"),
+        code=command_code("t2"),
+        options=cli_options(
             method=config["t2"]["method"],
-            drop_first_echo=config["t2"].get("drop_first_echo", False),
-            noise_floor_snr=config["t2"].get("noise_floor_snr", 0.0),
-            min_ms=config["t2"].get("min_ms", 0.0),
-            max_ms=config["t2"].get("max_ms", 100.0),
+            drop_first_echo=config["t2"]["drop_first_echo"],
+            noise_floor_snr=config["t2"]["noise_floor_snr"],
+            min_ms=config["t2"]["min_ms"],
+            max_ms=config["t2"]["max_ms"],
         ),
     shell:
-        job_shell(input=("echoes", "times", "labels"), output=("t2map", "table"))
+        "kneeflow t2 --sample {wildcards.sample} {params.options} --echoes {input.echoes:q}"
+        " --times {input.times:q} --labels {input.labels:q} --t2map {output.t2map:q}"
+        " --table {output.table:q} --log {log:q}"

@@ -17,6 +17,8 @@ rule table_thickness:
     localrule: True
     conda:
         "../envs/base.yaml"
+    params:
+        code=script_code("aggregate"),
     script:
         "../scripts/aggregate.py"
 
@@ -35,6 +37,8 @@ rule table_t2:
     localrule: True
     conda:
         "../envs/base.yaml"
+    params:
+        code=script_code("aggregate"),
     script:
         "../scripts/aggregate.py"
 
@@ -50,6 +54,7 @@ rule table_qc:
     conda:
         "../envs/base.yaml"
     params:
+        code=script_code("qc_table"),
         samples=lambda wc: [s for s in IDS if has_image(s)],
     script:
         "../scripts/qc_table.py"
@@ -65,5 +70,7 @@ rule provenance:
     localrule: True
     conda:
         "../envs/base.yaml"
+    params:
+        code=script_code("provenance"),
     script:
         "../scripts/provenance.py"

@@ -18,18 +18,18 @@ rule thickness:
         mem_mb=per_attempt(3000),
         runtime=per_attempt(20),
     params:
-        job=job_spec(
-            "thickness",
-            lib=library_hash("thickness", "mesh", "labels", "io"),
+        code=command_code("thickness"),
+        options=cli_options(
             n_points=config["mesh"]["n_points"],
-            bone_var=config["mesh"]["bone_smooth_var_mm2"],
-            cart_var=config["mesh"]["cartilage_smooth_var_mm2"],
-            crop=1.0 if config["mesh"].get("crop_shafts", True) else None,
-            ray_in=config["thickness"]["ray_in_mm"],
-            ray_out=config["thickness"]["ray_out_mm"],
+            bone_smooth_var_mm2=config["mesh"]["bone_smooth_var_mm2"],
+            cartilage_smooth_var_mm2=config["mesh"]["cartilage_smooth_var_mm2"],
+            crop_shafts=config["mesh"]["crop_shafts"],
+            ray_in_mm=config["thickness"]["ray_in_mm"],
+            ray_out_mm=config["thickness"]["ray_out_mm"],
         ),
     shell:
-        job_shell(input=("labels",), output=("meshes", "table"))
+        "kneeflow thickness --sample {wildcards.sample} {params.options}"
+        " --labels {input.labels:q} --meshes {output.meshes:q} --table {output.table:q} --log {log:q}"
 
 
 rule subregions:
@@ -48,11 +48,11 @@ rule subregions:
         mem_mb=per_attempt(3000),
         runtime=per_attempt(20),
     params:
-        job=job_spec(
-            "subregions",
-            lib=library_hash("subregions", "io"),
-            reference=config["thickness"].get("subregion_reference", ""),
-            shrink=config["thickness"].get("subregion_reference_shrink", 2),
+        code=command_code("subregions"),
+        options=cli_options(
+            reference=config["thickness"]["subregion_reference"],
+            reference_shrink=config["thickness"]["subregion_reference_shrink"],
         ),
     shell:
-        job_shell(input=("labels",), output=("labels",))
+        "kneeflow subregions --sample {wildcards.sample} {params.options}"
+        " --labels {input.labels:q} --out {output.labels:q} --log {log:q}"

@@ -76,8 +76,15 @@ CONDA_NAME = {"SimpleITK": "simpleitk", "skimage": "scikit-image", "yaml": "pyya
 STDLIB = set(sys.stdlib_module_names)
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, function: str | None = None) -> set[str]:
+    """Modules a file imports (module level and in functions), or, with ``function``, those imported
+    at module level and inside that one function."""
     tree = ast.parse(path.read_text())
+    if function:
+        fn = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function]
+        assert fn, f"{path} has no function {function}"
+        tree = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))] + fn,
+                          type_ignores=[])
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -89,27 +96,30 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def _third_party(script: Path) -> set[str]:
-    """Third-party top-level modules a script imports, following kneeflow modules (function-level too)."""
-    seen, todo, found = set(), [script], set()
+def _third_party(script: Path, function: str | None = None) -> set[str]:
+    """Third-party top-level modules a script (or one function of it) imports, following kneeflow
+    modules (function-level too)."""
+    seen, found = set(), set()
+    todo = [(script, function)]
     while todo:
-        f = todo.pop()
-        if f in seen:
+        f, fn = todo.pop()
+        if (f, fn) in seen:
             continue
-        seen.add(f)
-        for name in _imports(f):
+        seen.add((f, fn))
+        for name in _imports(f, fn):
             top = name.split(".")[0]
             if top == "kneeflow":
                 mod = ROOT / "src" / Path(*name.split("."))
                 if not (mod.with_suffix(".py").exists() or mod.is_dir()):
                     continue  # a name imported from a kneeflow module, not a module
-                todo += [p for p in (mod.with_suffix(".py"), mod / "__init__.py") if p.exists()]
+                todo += [(p, None) for p in (mod.with_suffix(".py"), mod / "__init__.py") if p.exists()]
             elif top not in STDLIB and top != "snakemake":
                 found.add(top)
     return found
 
 
 def _rules_scripts_envs():
+    """(rule, (file, function or None), env file) of every rule: its script, or the `kneeflow` stage it runs."""
     for smk_file in sorted((ROOT / "rules").glob("*.smk")):
         text = smk_file.read_text()
         for block in re.split(r"\nrule ", text)[1:]:
@@ -118,12 +128,12 @@ def _rules_scripts_envs():
             env = env and (smk_file.parent / env.group(1)).resolve()
             script = re.search(r'script:\s*\n\s*"([^"]+)"', block)
             if script:
-                yield name, (smk_file.parent / script.group(1)).resolve(), env
-            # per-sample rules: `shell: job_shell(...)` runs scripts/<name>.py named by their job_spec("<name>", ...)
-            job = re.search(r'job=job_spec\(\s*"([^"]+)"', block)
-            if job:
-                assert re.search(r"shell:\s*\n\s*job_shell\(", block), f"rule {name}: a job_spec without `shell: job_shell(...)`"
-                yield name, ROOT / "scripts" / f"{job.group(1)}.py", env
+                yield name, ((smk_file.parent / script.group(1)).resolve(), None), env
+            # per-sample rules: `shell: "kneeflow <stage> ..."` with `code=command_code("<function>")`
+            stage = re.search(r'code=command_code\(\s*"([^"]+)"', block)
+            if stage:
+                assert re.search(r'shell:\s*\n\s*f?"kneeflow ', block), f"rule {name}: its shell: does not start with `kneeflow `"
+                yield name, (ROOT / "src" / "kneeflow" / "cli.py", stage.group(1)), env
 
 
 def test_every_rule_has_log_and_env_covering_its_imports():
@@ -137,9 +147,9 @@ def test_every_rule_has_log_and_env_covering_its_imports():
                 names |= {re.split(r"[=<>!]", p)[0].strip().lower() for p in d.get("pip", [])}
             else:
                 names.add(re.split(r"[=<>!]", d)[0].strip().lower())
-        for mod in _third_party(script):
+        for mod in _third_party(*script):
             pkg = CONDA_NAME.get(mod, mod).lower()
-            assert pkg in names, f"rule {rule}: {script.name} imports {mod} but {env.name} lacks {pkg}"
+            assert pkg in names, f"rule {rule}: {script[0].name} {script[1] or ''} imports {mod} but {env.name} lacks {pkg}"
         checked += 1
     assert checked >= 8
 
@@ -241,13 +251,37 @@ def test_changing_one_parameter_plans_only_its_dependents(small_demo):
         f"results/{s}/thickness.csv" for s in ("knee01", "knee02", "knee14")]
 
 
+@pytest.mark.slow
+def test_a_printed_command_reruns_its_job_by_hand(small_demo):
+    """`snakemake -n -p` prints each per-sample job as a `kneeflow` command; run by hand, it gives the
+    same table."""
+    import os
+
+    wd, _ = small_demo
+    r = smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/small.yaml", "-n", "-p",
+            "--forcerun", "thickness", "results/knee01/thickness.csv", cwd=wd)
+    # Snakemake prints it as `Shell command: kneeflow thickness ...`
+    out = (r.stdout + r.stderr).splitlines()
+    cmd = [ln[ln.index("kneeflow thickness "):].strip() for ln in out if "kneeflow thickness --sample knee01 " in ln]
+    assert len(cmd) == 1 and "--table results/knee01/thickness.csv" in cmd[0], cmd
+    table = wd / "results" / "knee01" / "thickness.csv"
+    before = table.read_bytes()
+    table.unlink()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(["bash", "-c", cmd[0]], cwd=wd, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert table.read_bytes() == before
+    rec = json.loads((wd / "results" / "knee01" / "thickness.csv.prov.json").read_text())
+    assert rec["rule"] == "thickness" and rec["params"]["ray_out_mm"] == 10.0
+
+
 def test_every_table_has_a_provenance_record(small_demo):
     wd, _ = small_demo
     prov = pd.read_csv(wd / "results" / "provenance.tsv", sep="\t")
     tables = sorted(str(p.relative_to(wd)) for p in (wd / "results" / "tables").glob("*.csv"))
     assert sorted(prov.output) == tables
     rec = json.loads((wd / "results" / "knee01" / "thickness.csv.prov.json").read_text())
-    assert rec["rule"] == "thickness" and rec["params"]["ray_out"] == 10.0
+    assert rec["rule"] == "thickness" and rec["params"]["ray_out_mm"] == 10.0
     assert all(len(h) == 64 for h in rec["inputs"].values()) and rec["inputs"]
     assert rec["packages"]["vtk"] and rec["code"]["kneeflow"]
     assert len(rec["code"]["commit"] or "") == 40

@@ -55,13 +55,6 @@ def binary_mask(labels_img, values, *, name: str = "structure", source: str = ""
     return out
 
 
-def superior_axis(img) -> tuple[int, float]:
-    """Image axis (0=i, 1=j, 2=k) closest to scanner superior (+z in LPS) and its sign."""
-    d = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3)
-    ax = int(np.argmax(np.abs(d[2])))
-    return ax, float(np.sign(d[2, ax]))
-
-
 def crop_shaft(mask_img, bone: str, percent_width: float = 1.0):
     """Keep the articular end of a long bone: a length of ``percent_width`` x its medio-lateral width.
 

@@ -9,6 +9,8 @@ gathers the records of the result tables.
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import importlib.metadata as md
 import json
@@ -46,13 +48,81 @@ def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def library_hash(*modules: str) -> str:
-    """Short hash of kneeflow modules' source (e.g. "thickness", "mesh"): a rule parameter, so that a
-    change to the code a rule runs makes Snakemake plan that rule again (``--list-changes params``)."""
+def _kneeflow_imports(tree: ast.AST) -> set[str]:
+    """kneeflow modules a syntax tree imports (module level and inside functions)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.startswith("kneeflow.")}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "kneeflow":
+                names |= {f"kneeflow.{a.name}" for a in node.names}  # `from kneeflow import io`
+            elif node.module.startswith("kneeflow."):
+                names.add(node.module)
+    return {n for n in names if _module_file(n) is not None}
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of a kneeflow module (``kneeflow.x`` -> x.py, a package -> its __init__.py)."""
+    rel = Path(*name.split(".")[1:])
+    for f in (LIB / rel.with_suffix(".py"), LIB / rel / "__init__.py"):
+        if f.is_file():
+            return f
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def module_closure(name: str) -> frozenset[str]:
+    """A kneeflow module and every kneeflow module it imports, transitively (read from the source)."""
+    seen, todo = set(), [name]
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo += sorted(_kneeflow_imports(ast.parse(_module_file(m).read_text())) - seen)
+    return frozenset(seen)
+
+
+def code_hash(*entries: str) -> str:
+    """Short hash of the code a job runs, found by reading imports: a rule parameter, so that an edit
+    of any kneeflow module the job imports (transitively) plans the job again, and no other edit does.
+
+    An entry is a kneeflow module (``"kneeflow.thickness"``), a script (``"scripts/dice.py"``: its own
+    source and what it imports) or one function of a module (``"kneeflow.cli:thickness"``: the
+    module's own source, its module-level kneeflow imports and those inside that function).
+    """
+    files: dict[str, bytes] = {}
+    modules: set[str] = set()
+    for entry in entries:
+        if entry.endswith(".py"):
+            p = Path(entry)
+            files[p.name] = p.read_bytes()
+            modules |= _kneeflow_imports(ast.parse(files[p.name]))
+            continue
+        mod, _, func = entry.partition(":")
+        if not func:
+            modules.add(mod)
+            continue
+        src = _module_file(mod).read_text()
+        files[mod] = src.encode()
+        tree = ast.parse(src)
+        top = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
+        fn = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == func]
+        if not fn:
+            raise ValueError(f"{mod} has no function {func!r}")
+        modules |= _kneeflow_imports(top) | _kneeflow_imports(fn[0])
+    for m in set().union(*(module_closure(m) for m in modules)) if modules else ():
+        files[m] = _module_file(m).read_bytes()
     h = hashlib.sha256()
-    for m in sorted(modules):
-        h.update((LIB / f"{m}.py").read_bytes())
+    for k in sorted(files):
+        h.update(k.encode() + b"\0" + files[k] + b"\0")
     return h.hexdigest()[:12]
+
+
+def library_hash(*modules: str) -> str:
+    """:func:`code_hash` of kneeflow modules by short name (``"thickness"``) and what they import."""
+    return code_hash(*(f"kneeflow.{m}" for m in modules))
 
 
 def git_commit(repo: str | os.PathLike | None = None) -> dict:

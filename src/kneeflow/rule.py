@@ -57,7 +57,8 @@ def one_line(e: BaseException) -> str:
 def export_src_path(src: str) -> None:
     """Put the library's folder on PYTHONPATH for every job the workflow starts (local or cluster),
     and this interpreter's folder first on PATH, so that the ``python`` of a ``shell:`` job is the one
-    running Snakemake (as for ``script:``); a job's conda env, when used, is activated in front of it."""
+    running Snakemake (as for ``script:``); a job's conda env, when used, is activated in front of it.
+    The workflow's ``bin/`` (the ``kneeflow`` command) goes in front of both."""
     import os
 
     def prepend(var: str, first: str) -> None:
@@ -66,6 +67,9 @@ def export_src_path(src: str) -> None:
 
     prepend("PYTHONPATH", src)
     prepend("PATH", os.path.dirname(sys.executable))
+    # the `kneeflow` command of the per-sample rules: bin/kneeflow runs `python -m kneeflow` with the
+    # first python on PATH (this one, or a job's conda env's), so no env needs kneeflow installed
+    prepend("PATH", os.path.join(os.path.dirname(os.path.abspath(src)), "bin"))
 
 
 def write_table(df, path: str, sep: str = ",", float_format: str | None = "%.6g") -> None:

@@ -16,11 +16,19 @@ import pandas as pd
 PATH_COLUMNS = ("image", "echoes", "labels", "reference_labels")
 #: study-level folders under results/ that a sample id may not shadow
 RESERVED_IDS = {"models", "export", "tables", "figures", "demo", "logs", "benchmarks", "provenance", "report"}
+
 SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schemas" / "samples.schema.yaml"
 
 
 class SampleSheetError(ValueError):
     """A problem in the sample sheet; the message names the sheet, the row and the problem."""
+
+
+def sample_id_pattern(schema_path: str | os.PathLike | None = None) -> str:
+    """The workflow's `sample` wildcard: an id as the sheet's schema allows, never a study-level
+    folder (results/tables/t2.csv is not sample "tables")."""
+    ids = _load_schema(schema_path)["properties"]["sample"]["pattern"].removeprefix("^").removesuffix("$")
+    return f"(?!({'|'.join(sorted(RESERVED_IDS))})/){ids}"
 
 
 def _load_schema(schema_path: str | os.PathLike | None) -> dict:

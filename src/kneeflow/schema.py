@@ -8,6 +8,9 @@ out of the import.
 
 from __future__ import annotations
 
+__all__ = ["apply_defaults", "defaults", "load", "validate_config"]
+
+import copy
 import os
 import sys
 from pathlib import Path
@@ -32,10 +35,38 @@ def load(path: str | os.PathLike) -> dict:
     return yaml.load(Path(path).read_text(), Loader=SafeLoader)
 
 
+def apply_defaults(config: dict, schema: dict) -> dict:
+    """Fill ``config`` in place with the schema's ``default`` values where a key is missing (sections
+    too: a section's default is its own ``default``, else ``{}`` filled from its properties)."""
+    for key, sub in schema.get("properties", {}).items():
+        if key not in config:
+            if "default" in sub:
+                config[key] = copy.deepcopy(sub["default"])
+            elif sub.get("type") == "object" and "properties" in sub:
+                config[key] = {}
+            else:
+                continue
+        if isinstance(config[key], dict) and "properties" in sub:
+            apply_defaults(config[key], sub)
+    return config
+
+
+#: the default config's path (beside this package in the repository)
+CONFIG_SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schemas" / "config.schema.yaml"
+
+
+def defaults(schema_path: str | os.PathLike | None = None) -> dict:
+    """Every default of the config schema (the one source of defaults for the rules and the commands)."""
+    return apply_defaults({}, load(schema_path or CONFIG_SCHEMA))
+
+
 def validate_config(config: dict, schema_path: str | os.PathLike) -> None:
-    """Raise ``ValueError`` listing every place where ``config`` violates the schema."""
+    """Fill in the schema's defaults, then raise ``ValueError`` listing every place where ``config``
+    violates the schema."""
     js = jsonschema()
-    validator = js.Draft202012Validator(load(schema_path))
+    schema = load(schema_path)
+    apply_defaults(config, schema)
+    validator = js.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.path])
     if errors:
         lines = [f"  config.{'.'.join(str(p) for p in e.path) or '<root>'}: {e.message}" for e in errors]

@@ -23,10 +23,6 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 
-def _design(tes: np.ndarray) -> np.ndarray:
-    return np.stack([np.ones_like(tes), -tes], axis=1)  # log S = log S0 - R2 * TE
-
-
 def fit_loglinear(data: np.ndarray, tes, *, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Log-linear fit per voxel.
 

@@ -1,0 +1,78 @@
+# The targets of the default run: cohort tables, exports, figures.
+
+
+def cohort_tables():
+    t = []
+    with_labels = [s for s in IDS if has_any_labels(s)]
+    if MODELS and DICE_IDS:
+        t.append("results/tables/dice.csv")
+    if config["thickness"]["activate"] and with_labels:
+        t.append("results/tables/thickness.csv")
+    if config["t2"]["activate"] and any(has_echoes(s) for s in with_labels):
+        t.append("results/tables/t2.csv")
+    if any(has_image(s) for s in IDS):
+        t.append("results/tables/qc.csv")
+    if NSM_FIT_IDS and (BSCORE_FIT_IDS or SHAPE["bscore_model"]):
+        t.append("results/tables/bscore.csv")
+    return t
+
+
+EXPORT = config["export"]
+
+
+def export_targets():
+    if not EXPORT["activate"]:
+        return []
+    t = [f"results/export/{m}/parity.json" for m in TRAINED]
+    t += [f"results/export/{n}/parity.json" for n in EXPORT["nnunet"]]
+    if EXPORT["minilm"]:
+        t.append("results/export/minilm/parity.json")
+    return t
+
+
+def sample_meta():
+    cols = ["sample", "group", "kl_grade", "side", "oa_severity"]
+    return {c: [None if v is None else str(v) for v in SAMPLES[c]] for c in cols}
+
+
+def fig_outputs(name, caption=None):
+    """png (in the report, with its caption), pdf and the plotted data as csv."""
+    return {
+        "png": report(
+            f"results/figures/{name}.png",
+            caption=f"../report/fig_{caption or name}.rst",
+            category="Figures",
+        ),
+        "pdf": f"results/figures/{name}.pdf",
+        "csv": f"results/figures/{name}.csv",
+    }
+
+
+def figure_targets():
+    if not config["figures"]["activate"]:
+        return []
+    names = ["runtime_per_rule"]
+    if export_targets():
+        names.append("export_parity")
+    if "results/tables/bscore.csv" in cohort_tables():
+        names.append("bscore")
+    if "results/tables/thickness.csv" in cohort_tables():
+        names += ["thickness_by_group", "femoral_thickness_maps"]
+    if "results/tables/t2.csv" in cohort_tables():
+        names.append("t2_by_group")
+    if TRAINED:
+        names.append("training_curves")
+        if DICE_IDS:
+            names.append("dice")
+    return [f"results/figures/{n}.png" for n in names]
+
+
+def all_targets():
+    t = [f"results/{s}/qc.json" for s in IDS if has_image(s)]
+    return (
+        t
+        + cohort_tables()
+        + export_targets()
+        + ["results/provenance.tsv"]
+        + figure_targets()
+    )

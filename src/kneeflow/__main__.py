@@ -1,0 +1,5 @@
+"""``python -m kneeflow``: the ``kneeflow`` command (see :mod:`kneeflow.cli`)."""
+
+from kneeflow.cli import main
+
+main()
