@@ -1,12 +1,11 @@
 """BScore of every fitted knee -> results/<sample>/shape/bscore.json and results/tables/bscore.csv."""
 
 import json
-import os
-from pathlib import Path
 
 import pandas as pd
 
 from kneeflow import bscore as shape
+from kneeflow.atomic import atomic_path
 from kneeflow.rule import run, write_table
 
 
@@ -21,9 +20,8 @@ def main(sm):
         b = shape.bscore(model, fit["latent"])
         rec = {"sample": s, "bscore": b, "model": str(sm.input.model), "assd_mm": fit["assd_mm"],
                "used_to_fit_bscore": s in fit_ids}
-        tmp = Path(out).with_name(f".{Path(out).name}.part")
-        tmp.write_text(json.dumps(rec, indent=1) + "\n")
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(rec, indent=1) + "\n")
         m = meta.loc[s]
         rows.append({"sample": s, "group": m["group"], "kl_grade": m["kl_grade"], "oa_severity": m["oa_severity"],
                      "side": m["side"], "bscore": b, "nsm_assd_mm": fit["assd_mm"], "used_to_fit_bscore": s in fit_ids})

@@ -69,3 +69,28 @@ def test_editing_a_figure_helper_replans_the_figures_only(lib_copy):
     changed = _changed(lib_copy, "figures")
     assert changed and all(r.startswith("fig_") for r in changed)
     assert {"fig_thickness", "fig_bscore", "fig_t2"} <= changed
+
+
+def test_the_library_has_no_import_cycle():
+    import ast
+    import pkgutil
+
+    import kneeflow
+
+    mods = [m.name for m in pkgutil.iter_modules(kneeflow.__path__) if m.name != "__main__"]
+    graph = {m: {x.split(".")[1] for x in provenance._kneeflow_imports(ast.parse(
+        provenance._module_file(f"kneeflow.{m}").read_text()))} for m in mods}
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for n in sorted(graph.get(m, ())):
+            assert state.get(n) != "open", f"import cycle: {' -> '.join([*path, n])}"
+            if n not in state:
+                visit(n, [*path, n])
+        state[m] = "done"
+
+    for m in mods:
+        if m not in state:
+            visit(m, [m])
+    assert len(graph) >= 20

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kneeflow.atomic import atomic_path
+
 __all__ = ["ShapeError", "bscore", "check_pair", "fit_bscore", "load_bscore_model", "save_bscore_model"]
 
 
@@ -57,10 +59,8 @@ def check_pair(model: dict, latent_size: int, model_name: str = "BScore model", 
 
 
 def save_bscore_model(model: dict, path: str | os.PathLike) -> None:
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.part")
-    tmp.write_text(json.dumps(model, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, p)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(model, indent=1, sort_keys=True) + "\n")
 
 
 def load_bscore_model(path: str | os.PathLike) -> dict:

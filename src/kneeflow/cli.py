@@ -177,6 +177,47 @@ def nsm_fit(a) -> dict:
     return {}
 
 
+def nsm_train(a) -> dict:
+    """Train our shape model on knees' meshes -> --out folder (one latent per training knee)."""
+    from kneeflow import shape
+    from kneeflow.schema import defaults
+
+    cfg = {**defaults()["shape"]["train"], **json.loads(a.settings)}
+    if len(a.sides) != len(a.meshes):
+        raise ValueError(f"{len(a.meshes)} meshes folders but {len(a.sides)} sides")
+    ids = [Path(m).parent.name or f"knee{i}" for i, m in enumerate(a.meshes)]
+    knees = {s: {k: shape.load_surface(Path(m) / f"{k}.vtk") for k in cfg["surfaces"]} for s, m in zip(ids, a.meshes)}
+    shape.save_model(shape.train(knees, dict(zip(ids, a.sides)), cfg, device=a.device), a.out)
+    return {}
+
+
+def train_cmd(a) -> dict:
+    """Train a registry segmentation network on images + label maps -> --out (checkpoint.pt, metrics.csv)."""
+    import yaml
+
+    from kneeflow.models import resolve_device
+    from kneeflow.training import TrainConfig, train
+
+    text = Path(a.settings).read_text() if Path(a.settings).is_file() else a.settings
+    cfg = TrainConfig(**yaml.safe_load(text))
+    if len(a.images) != len(a.labels):
+        raise ValueError(f"{len(a.images)} images but {len(a.labels)} label maps")
+    train(list(zip(a.images, a.labels)), list(zip(a.val_images, a.val_labels, a.val_sides)), Path(a.out), cfg,
+          device=resolve_device(a.device))
+    return {}
+
+
+def export_cmd(a) -> dict:
+    """A kneeflow checkpoint -> ONNX and CoreML (fp32, fp16) with measured parity (parity.json) in --out."""
+    from kneeflow import export, models
+
+    net, meta = models.load_model(a.checkpoint)
+    size = tuple(int(s) for s in meta.get("patch_size", (32, 32, 32)))
+    rec = export.export_segmentation(net, meta, Path(a.out), a.name, size=size)
+    export.require_parity(rec, "onnx", a.onnx_atol)
+    return {"weights": {str(a.checkpoint): models.file_sha256(a.checkpoint)}}
+
+
 def bscore_cmd(a) -> dict:
     """BScore of fitted knees (nsm.json files) with a BScore model (model.json or its folder) -> --out."""
     from kneeflow import bscore
@@ -237,6 +278,9 @@ def _model_entry(path: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------- parser
 
+GROUP_HELP = {"segment": "Segmentation: collect one scan's labels from its batch (the batch itself runs in the workflow).",
+              "nsm": "Neural shape models: fit a knee (ours or a public model), train ours."}
+
 
 def _parser() -> argparse.ArgumentParser:
     from kneeflow.schema import defaults
@@ -245,9 +289,19 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kneeflow", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", metavar="STAGE", required=True)
 
+    groups = {}
+
     def stage(name, fn, inputs=(), outputs=(), *, sample=True):
-        """A subcommand; ``inputs``/``outputs`` name its file options (for the provenance sidecars)."""
-        p = sub.add_parser(name, help=fn.__doc__.splitlines()[0], description=fn.__doc__,
+        """A subcommand (``group action`` for two words); ``inputs``/``outputs`` name its file options
+        (for the provenance sidecars)."""
+        parent = sub
+        if " " in name:
+            group, name = name.split(" ")
+            if group not in groups:
+                g = sub.add_parser(group, help=GROUP_HELP[group], description=GROUP_HELP[group])
+                groups[group] = g.add_subparsers(dest="action", metavar="ACTION", required=True)
+            parent = groups[group]
+        p = parent.add_parser(name, help=fn.__doc__.splitlines()[0], description=fn.__doc__,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         p.set_defaults(fn=fn, files_in=inputs, files_out=outputs)
         if sample:
@@ -311,21 +365,42 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-ms", type=float, default=d["t2"]["min_ms"])
     p.add_argument("--max-ms", type=float, default=d["t2"]["max_ms"])
 
-    p = stage("segment", segment_collect, ("image",), ("nii", "nrrd"))
-    p.add_argument("action", choices=["collect"], help="collect: one scan's labels from its batch")
+    p = stage("segment collect", segment_collect, ("image",), ("nii", "nrrd"))
     p.add_argument("--staging", required=True, help="the batch job's staging folder")
     p.add_argument("--image", required=True, help="the ingested image")
     p.add_argument("--nii", required=True)
     p.add_argument("--nrrd", required=True)
 
-    p = stage("nsm", nsm_fit, ("model", "meshes"), ("out",))
-    p.add_argument("action", choices=["fit"])
+    p = stage("nsm fit", nsm_fit, ("model", "meshes"), ("out",))
     p.add_argument("--model", required=True, help="shape model folder (ours or the public layout)")
     p.add_argument("--meshes", required=True, help="the knee's meshes folder")
     p.add_argument("--side", choices=["left", "right"], required=True)
     p.add_argument("--seed", type=int, default=d["shape"]["fit"]["seed"])
     p.add_argument("--resolution", type=int, default=d["shape"]["fit"]["resolution"])
     p.add_argument("--out", required=True, help="nsm.json; reconstructions are written beside it")
+
+    p = stage("nsm train", nsm_train, ("meshes",), ("out",), sample=False)
+    p.add_argument("--meshes", nargs="+", required=True, help="the training knees' meshes folders")
+    p.add_argument("--sides", nargs="+", required=True, choices=["left", "right"], help="one per meshes folder")
+    p.add_argument("--settings", default="{}", help="shape.train settings as JSON (defaults: the config's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="model folder (model.pth, model_params_config.json, latents.json)")
+
+    p = stage("train", train_cmd, ("images", "labels"), ("out",), sample=False)
+    p.add_argument("--settings", required=True, help="a model's `train` section (JSON or a .yaml/.json file)")
+    p.add_argument("--images", nargs="+", required=True)
+    p.add_argument("--labels", nargs="+", required=True, help="canonical label maps, one per image")
+    p.add_argument("--val-images", nargs="*", default=[])
+    p.add_argument("--val-labels", nargs="*", default=[])
+    p.add_argument("--val-sides", nargs="*", default=[])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="model folder (checkpoint.pt, metrics.csv)")
+
+    p = stage("export", export_cmd, ("checkpoint",), ("out",), sample=False)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt trained by kneeflow")
+    p.add_argument("--name", required=True)
+    p.add_argument("--onnx-atol", type=float, default=d["export"]["onnx_atol"])
+    p.add_argument("--out", required=True, help="folder for <name>.onnx, the .mlpackages and parity.json")
 
     p = stage("bscore", bscore_cmd, ("model", "fits"), ("out",), sample=False)
     p.add_argument("--model", required=True, help="BScore model.json or a BSCORE_MODELS/<name>/ folder")
@@ -347,7 +422,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     a = _parser().parse_args(argv)
-    name = a.command
+    name = a.command + (f" {a.action}" if getattr(a, "action", None) else "")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if a.log:
         Path(a.log).parent.mkdir(parents=True, exist_ok=True)

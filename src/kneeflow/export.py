@@ -18,6 +18,10 @@ CoreML-safe rewrites (:func:`coreml_safe`), each checked to be exact in PyTorch 
 
 from __future__ import annotations
 
+__all__ = ["ExportError", "MINILM_SENTENCES", "NOT_ON_LINUX", "compare", "coreml_predict", "coreml_safe",
+           "export_coreml", "export_minilm", "export_nnunet", "export_onnx", "export_segmentation",
+           "minilm_dir", "minilm_module", "require_parity", "run_onnx", "segmentation_metadata"]
+
 import json
 import logging
 import os
@@ -27,6 +31,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from kneeflow.atomic import atomic_path
+from kneeflow.optional import require
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +45,7 @@ class ExportError(RuntimeError):
 
 
 def _torch():
-    import torch
-
-    return torch
+    return require("torch")
 
 
 # ---------------------------------------------------------------------------------------------- rewrites
@@ -182,25 +187,22 @@ def export_onnx(net, example, path: str | os.PathLike, *, input_names=("image",)
 
     torch = _torch()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
     examples = example if isinstance(example, tuple) else (example,)
     t0 = time.perf_counter()
-    try:
-        with torch.no_grad():
-            torch.onnx.export(net.eval(), examples, str(tmp), input_names=list(input_names),
-                              output_names=list(output_names), dynamic_axes=dynamic_axes, opset_version=opset,
-                              dynamo=False)
-    except Exception as e:  # noqa: BLE001 - re-raised with context
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
-    model = onnx.load(str(tmp))
-    for k, v in (metadata or {}).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, v if isinstance(v, str) else json.dumps(v)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        try:
+            with torch.no_grad():
+                torch.onnx.export(net.eval(), examples, str(tmp), input_names=list(input_names),
+                                  output_names=list(output_names), dynamic_axes=dynamic_axes, opset_version=opset,
+                                  dynamo=False)
+        except Exception as e:  # noqa: BLE001 - re-raised with context
+            raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+        model = onnx.load(str(tmp))
+        for k, v in (metadata or {}).items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = k, v if isinstance(v, str) else json.dumps(v)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(tmp))
     return {"seconds": round(time.perf_counter() - t0, 2), "ops": sorted({n.op_type for n in model.graph.node}),
             "size_bytes": _size(path), "opset": opset}
 
@@ -255,12 +257,8 @@ def export_coreml(net, example, path: str | os.PathLike, *, precision: str = "fp
     for k, v in (metadata or {}).items():
         ml.user_defined_metadata[k] = v if isinstance(v, str) else json.dumps(v)
     ml.short_description = (metadata or {}).get("description", "kneeflow export")
-    tmp = path.with_name(f".part.{path.name}")  # coremltools wants the .mlpackage extension
-    shutil.rmtree(tmp, ignore_errors=True)
-    ml.save(str(tmp))
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    with atomic_path(path, ".mlpackage") as tmp:  # coremltools wants the .mlpackage extension
+        ml.save(str(tmp))
     ops = sorted({op.op_type for f in ml._mil_program.functions.values() for op in f.operations})
     return {"seconds": round(time.perf_counter() - t0, 2), "ops": ops, "size_bytes": _size(path),
             "precision": precision, "_model": ml}

@@ -8,6 +8,10 @@ panel and logs a warning instead of an empty or misleading axis.
 
 from __future__ import annotations
 
+__all__ = ["PALETTE", "REGION_ORDER", "SHORT", "bscore_by_group", "dice_by_structure", "export_parity",
+           "femoral_thickness_map", "no_data", "runtime_per_rule", "save", "style", "t2_by_group",
+           "thickness_by_group", "thickness_maps", "training_curves"]
+
 import logging
 import os
 from pathlib import Path

@@ -9,6 +9,10 @@ accumulated on the CPU instead (logged).
 
 from __future__ import annotations
 
+__all__ = ["BONE_LABELS", "MEDIAL_LATERAL", "OnnxNet", "Segmenter", "assign_medial_lateral", "dice_assd",
+           "gaussian_importance", "keep_largest_components", "onnx_segmenter", "sliding_window",
+           "window_starts"]
+
 import logging
 
 import numpy as np
@@ -78,7 +82,7 @@ class Segmenter:
         """
         import SimpleITK as sitk
 
-        from kneeflow.training import normalise, resample_to_spacing
+        from kneeflow.preprocessing import normalise, resample_to_spacing
 
         img = sitk.Cast(image, sitk.sitkFloat32)
         work = resample_to_spacing(img, self.meta["spacing"], sitk.sitkLinear) if self.meta.get("spacing") else img

@@ -7,6 +7,10 @@ direction cosines are kept, so outputs overlay the input in 3D Slicer. Errors ar
 
 from __future__ import annotations
 
+__all__ = ["IMAGE_SUFFIXES", "InputError", "Scan", "check_geometry", "has_image_suffix", "ingest",
+           "load_label_map", "orientation_code", "qc_record", "read_dicom_folder", "read_echoes",
+           "read_scan", "read_volume", "same_geometry", "write_image", "write_json"]
+
 import json
 import logging
 import os
@@ -15,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from kneeflow.atomic import atomic_path
+from kneeflow.optional import require
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +50,7 @@ class Scan:
 
 
 def _sitk():
-    try:
-        import SimpleITK as sitk
-    except ImportError as e:  # pragma: no cover - env problem
-        raise ImportError("SimpleITK is needed for image I/O (envs/ingest.yaml)") from e
-    return sitk
+    return require("SimpleITK")
 
 
 def has_image_suffix(path: str | os.PathLike) -> bool:
@@ -420,19 +423,14 @@ def write_image(img, path: str | os.PathLike) -> None:
     """Write atomically (temp file + rename) so a killed job leaves no partial file."""
     sitk = _sitk()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    tmp = path.with_name(f".{path.name}.part{suffix}")
-    sitk.WriteImage(img, str(tmp), True)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix) as tmp:
+        sitk.WriteImage(img, str(tmp), True)
 
 
 def write_json(obj, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n")
 
 
 def _json_default(o):

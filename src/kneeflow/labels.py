@@ -7,6 +7,9 @@ remapped to canonical when they enter the workflow and never afterwards.
 
 from __future__ import annotations
 
+__all__ = ["BONES", "BONE_CARTILAGE", "BUILTIN_CONVENTIONS", "CANONICAL", "CARTILAGES", "FEMORAL_SUBREGIONS",
+           "PYMSKT", "get_convention", "remap_to_canonical"]
+
 from collections.abc import Mapping
 
 import numpy as np

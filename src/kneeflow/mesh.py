@@ -11,11 +11,16 @@ instead of through a temporary NRRD file.
 
 from __future__ import annotations
 
+__all__ = ["MeshError", "add_point_array", "binary_mask", "bone_mesh", "cartilage_field", "crop_shaft",
+           "index_to_physical", "iso_surface", "physical_to_index", "point_normals", "points",
+           "project_to_level", "read_vtk", "repair", "resample", "smooth_mask", "write_vtk"]
+
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
+
+from kneeflow.optional import require
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +30,7 @@ class MeshError(ValueError):
 
 
 def _sitk():
-    import SimpleITK as sitk
-
-    return sitk
+    return require("SimpleITK")
 
 
 def index_to_physical(img) -> tuple[np.ndarray, np.ndarray]:
@@ -256,16 +259,15 @@ def write_vtk(poly, path: str | os.PathLike) -> None:
     """Legacy .vtk (binary), written atomically."""
     import vtk
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    w = vtk.vtkPolyDataWriter()
-    w.SetFileName(str(tmp))
-    w.SetInputData(poly)
-    w.SetFileTypeToBinary()
-    if not w.Write():
-        raise OSError(f"{path}: VTK could not write the mesh")
-    os.replace(tmp, path)
+    from kneeflow.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        w = vtk.vtkPolyDataWriter()
+        w.SetFileName(str(tmp))
+        w.SetInputData(poly)
+        w.SetFileTypeToBinary()
+        if not w.Write():
+            raise OSError(f"{path}: VTK could not write the mesh")
 
 
 def read_vtk(path: str | os.PathLike):

@@ -10,6 +10,9 @@ patch size, spacing and intensity normalisation.
 
 from __future__ import annotations
 
+__all__ = ["CheckpointError", "REGISTRY", "build", "file_sha256", "load_checkpoint", "load_model", "main",
+           "n_parameters", "resolve_device", "save_checkpoint"]
+
 import argparse
 import json
 import logging
@@ -17,6 +20,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from kneeflow.optional import require
 from kneeflow.provenance import sha256 as file_sha256  # noqa: F401 - one hashing function, re-exported
 from kneeflow.runtime import resolve_device  # noqa: F401 - re-exported
 
@@ -24,11 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError as e:  # pragma: no cover - env problem
-        raise ImportError("torch is needed for models (envs/segment.yaml)") from e
-    return torch
+    return require("torch")
 
 
 # ---------------------------------------------------------------------------------------------- builders
@@ -132,11 +132,10 @@ class CheckpointError(ValueError):
 def save_checkpoint(path: str | os.PathLike, state_dict: dict, meta: dict, extra: dict | None = None) -> None:
     """Write atomically: tensors + a JSON string (weights-only loadable)."""
     torch = _torch()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    torch.save({"state_dict": state_dict, "meta": json.dumps(meta, sort_keys=True), **(extra or {})}, tmp)
-    os.replace(tmp, path)
+    from kneeflow.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state_dict, "meta": json.dumps(meta, sort_keys=True), **(extra or {})}, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike, sha256: str | None = None, map_location="cpu") -> tuple[dict, dict]:

@@ -14,6 +14,9 @@ Weights: a model entry names a local ``folder`` or a Hugging Face ``hf: {repo, r
 
 from __future__ import annotations
 
+__all__ = ["ModelFolderError", "NnunetSegmenter", "check_folder", "fetch", "label_mapping", "train_tiny",
+           "verify_checksums"]
+
 import json
 import logging
 import os

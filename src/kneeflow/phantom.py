@@ -16,6 +16,10 @@ Images are written in LPS scanner coordinates (ITK convention): for a right knee
 
 from __future__ import annotations
 
+__all__ = ["BASE_T2_MS", "DESS_INTENSITY", "ECHO_TIMES_MS", "EDGE_FLOOR", "EDGE_TAPER_MM", "FOV_LOCAL",
+           "KneeParams", "PD", "Phantom", "TIBIAL_SLOPE", "draw_params", "femur_labels", "femur_parts",
+           "femur_sdf", "main", "patella_geometry", "patella_sdf", "synthesize", "tibia_sdf", "write"]
+
 import argparse
 import json
 import logging

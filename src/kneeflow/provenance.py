@@ -9,6 +9,9 @@ gathers the records of the result tables.
 
 from __future__ import annotations
 
+__all__ = ["LIB", "PACKAGES", "code_hash", "device", "gather", "git_commit", "library_hash",
+           "module_closure", "package_versions", "record", "sha256", "sha256_of_dict", "write_sidecars"]
+
 import ast
 import functools
 import hashlib
@@ -21,6 +24,7 @@ import sys
 from pathlib import Path
 
 import kneeflow
+from kneeflow.atomic import atomic_path
 
 #: distributions reported when their module was loaded by the job
 PACKAGES = {
@@ -196,9 +200,8 @@ def write_sidecars(rec: dict, outputs: list[str]) -> None:
         if not p.exists() or p.suffix in (".png", ".pdf"):
             continue  # figures: their data .csv carries the record
         side = p.parent / f"{p.name}.prov.json"
-        tmp = side.with_name(f".{side.name}.part")
-        tmp.write_text(json.dumps({**rec, "output": str(p), "output_sha256": sha256(p)}, indent=1, sort_keys=True))
-        os.replace(tmp, side)
+        with atomic_path(side) as tmp:
+            tmp.write_text(json.dumps({**rec, "output": str(p), "output_sha256": sha256(p)}, indent=1, sort_keys=True))
 
 
 def gather(tables: list[str]) -> list[dict]:

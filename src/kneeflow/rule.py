@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["export_src_path", "one_line", "run", "write_table"]
+
 import logging
 import sys
 import traceback
@@ -74,11 +76,7 @@ def export_src_path(src: str) -> None:
 
 def write_table(df, path: str, sep: str = ",", float_format: str | None = "%.6g") -> None:
     """Write a table atomically (temp file + rename); floats to 6 significant digits by default."""
-    import os
-    from pathlib import Path
+    from kneeflow.atomic import atomic_path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    df.to_csv(tmp, sep=sep, index=False, float_format=float_format)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep=sep, index=False, float_format=float_format)

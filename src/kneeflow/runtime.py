@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["resolve_device"]
+
 import logging
 import os
 

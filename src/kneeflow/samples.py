@@ -7,6 +7,9 @@ before any job starts with ``SampleSheetError`` naming the row and the problem.
 
 from __future__ import annotations
 
+__all__ = ["PATH_COLUMNS", "RESERVED_IDS", "SCHEMA", "SampleSheetError", "id_pattern", "load_samples",
+           "read_sheet", "sample_id_pattern", "validate_sheet"]
+
 import os
 import stat
 from pathlib import Path

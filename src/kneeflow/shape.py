@@ -24,6 +24,13 @@ score = (z . v - mean_healthy) / std_healthy.
 
 from __future__ import annotations
 
+__all__ = ["Alignment", "CHECKPOINT_NAME", "CONFIG_NAME", "CONFIG_NAMES", "FitResult", "ShapeError",
+           "ShapeModel", "align", "bscore", "build_decoder", "check_surface", "find_checkpoint",
+           "find_config", "fit", "fit_bscore", "load_bscore_model", "load_model", "load_surface",
+           "make_poly", "mesh_arrays", "prepare", "public_surfaces", "reconstruct", "sample_on_surface",
+           "save_bscore_model", "save_model", "save_public", "sdf_samples", "signed_distance",
+           "surface_distance", "synthetic_femur", "train"]
+
 import json
 import logging
 import math
@@ -34,21 +41,18 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
-
-
 from kneeflow.bscore import (ShapeError, bscore, fit_bscore, load_bscore_model,  # noqa: F401 - re-exported
                              save_bscore_model)
+from kneeflow.optional import require
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- meshes
 
 
 def _vtk():
-    import vtk
-    from vtk.util import numpy_support as ns
-
-    return vtk, ns
+    return require("vtk"), require("vtk.util.numpy_support")
 
 
 def load_surface(path: str | os.PathLike, *, closed: bool = True):
@@ -284,9 +288,7 @@ def sdf_samples(points: np.ndarray, tris: np.ndarray, n: int, rng: np.random.Gen
 
 
 def _torch():
-    import torch
-
-    return torch
+    return require("torch")
 
 
 def build_decoder(cfg: dict):
@@ -394,12 +396,13 @@ CHECKPOINT_NAME = "model.pth"
 
 def save_model(model: ShapeModel, folder: str | os.PathLike) -> None:
     torch = _torch()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{CHECKPOINT_NAME}.part"
-    torch.save({"model": model.decoder.state_dict(), "reference": torch.as_tensor(model.reference, dtype=torch.float64)}, tmp)
-    os.replace(tmp, folder / CHECKPOINT_NAME)
+    from kneeflow.atomic import atomic_path
     from kneeflow.io import write_json
+
+    folder = Path(folder)
+    with atomic_path(folder / CHECKPOINT_NAME) as tmp:
+        torch.save({"model": model.decoder.state_dict(),
+                    "reference": torch.as_tensor(model.reference, dtype=torch.float64)}, tmp)
 
     write_json(model.cfg, folder / CONFIG_NAME)
     write_json(model.latents, folder / "latents.json")
@@ -418,9 +421,10 @@ def save_public(model: ShapeModel, folder: str | os.PathLike, epoch: int) -> Pat
     # our training aligns every shape to the first by a similarity: one scale for all, as the 647 model
     cfg.setdefault("scale_jointly", True)
     ck = folder / "model" / f"{int(epoch)}.pth"
-    tmp = ck.with_name(f".{ck.name}.part")
-    torch.save({"epoch": int(epoch), "model": model.decoder.state_dict()}, tmp)
-    os.replace(tmp, ck)
+    from kneeflow.atomic import atomic_path
+
+    with atomic_path(ck) as tmp:
+        torch.save({"epoch": int(epoch), "model": model.decoder.state_dict()}, tmp)
     write_json(cfg, folder / CONFIG_NAME)
     return ck
 

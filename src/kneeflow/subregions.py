@@ -11,6 +11,8 @@ a local file (``make install`` extracts it from the mskt sdist on PyPI into ``.c
 
 from __future__ import annotations
 
+__all__ = ["DEFAULT_REFERENCE", "femoral_subregions", "reference_path"]
+
 import logging
 import os
 from pathlib import Path
@@ -46,9 +48,10 @@ def reference_path(path: str | os.PathLike | None = None, shrink: int = 2) -> Pa
         out = sitk.Resample(ref, [s // shrink for s in ref.GetSize()], sitk.Transform(), sitk.sitkNearestNeighbor,
                             ref.GetOrigin(), [s * shrink for s in ref.GetSpacing()], ref.GetDirection(), 0,
                             ref.GetPixelID())
-        tmp = small.with_name(f".{small.name}.{os.getpid()}.part.nrrd")
-        sitk.WriteImage(out, str(tmp), True)
-        os.replace(tmp, small)
+        from kneeflow.atomic import atomic_path
+
+        with atomic_path(small, ".nrrd") as tmp:
+            sitk.WriteImage(out, str(tmp), True)
     return small
 
 

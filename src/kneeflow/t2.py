@@ -14,6 +14,9 @@ second to the first echo, TR, TE, flip angle and the spoiler gradient (area and 
 
 from __future__ import annotations
 
+__all__ = ["QDESS_D", "QDESS_T1_S", "background_sigma", "fit_loglinear", "fit_nonlinear", "mese_t2",
+           "qdess_t2", "regional_table", "relative_depth", "sample_t2"]
+
 import logging
 import math
 

@@ -14,6 +14,8 @@ compares the two on real data.
 
 from __future__ import annotations
 
+__all__ = ["STATS", "bone_thickness", "measure_knee", "most_common_label", "ray_crossings", "summarise"]
+
 import logging
 
 import numpy as np

@@ -12,6 +12,9 @@ the same weights on CPU.
 
 from __future__ import annotations
 
+__all__ = ["PatchSampler", "TrainConfig", "deep_supervision_loss", "dice_per_label", "normalise",
+           "read_case", "resample_to_spacing", "train"]
+
 import csv
 import json
 import logging
@@ -23,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kneeflow.atomic import atomic_path
 from kneeflow.labels import CANONICAL
+from kneeflow.preprocessing import normalise, read_case, resample_to_spacing  # noqa: F401 - used and re-exported
 
 log = logging.getLogger(__name__)
 
@@ -55,38 +60,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- data
-
-
-def read_case(image: str, labels: str | None, spacing=None):
-    """Image (z-scored float32) and labels (uint8) as (z, y, x) arrays, resampled to ``spacing``."""
-    import SimpleITK as sitk
-
-    from kneeflow import io
-
-    img = sitk.Cast(io.read_volume(image), sitk.sitkFloat32)
-    lab = io.read_volume(labels, what="label map") if labels else None
-    if spacing is not None:
-        img = resample_to_spacing(img, spacing, sitk.sitkLinear)
-        if lab is not None:
-            lab = sitk.Resample(lab, img, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    arr = normalise(sitk.GetArrayFromImage(img))
-    return arr, (sitk.GetArrayFromImage(lab).astype(np.uint8) if lab is not None else None), img
-
-
-def resample_to_spacing(img, spacing, interp):
-    import SimpleITK as sitk
-
-    sp = np.asarray(img.GetSpacing(), float)
-    new = np.asarray(spacing, float)
-    size = np.maximum(np.round(np.asarray(img.GetSize()) * sp / new).astype(int), 1)
-    return sitk.Resample(img, [int(s) for s in size], sitk.Transform(), interp, img.GetOrigin(), tuple(new),
-                         img.GetDirection(), 0.0, img.GetPixelID())
-
-
-def normalise(arr: np.ndarray) -> np.ndarray:
-    """z-score over the whole volume (nnU-Net's MRI scheme)."""
-    arr = arr.astype(np.float32)
-    return (arr - arr.mean()) / max(float(arr.std()), 1e-6)
 
 
 class PatchSampler:
@@ -278,17 +251,15 @@ def train(train_cases: list[tuple[str, str]], val_cases: list[tuple[str, str]], 
             row[f"val_dice_{names[c]}"] = float(np.nanmean(dices[c])) if dices[c] else float("nan")
         _append_metrics(metrics_path, row)
         save_checkpoint(last, net.state_dict(), {**meta, "epoch": epoch})
-        opt_tmp = out / ".optimizer_last.pt.part"
-        torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "numpy_rng": json.dumps(rng.bit_generator.state)}, opt_tmp)
-        os.replace(opt_tmp, out / "optimizer_last.pt")
+        with atomic_path(out / "optimizer_last.pt") as opt_tmp:
+            torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                        "numpy_rng": json.dumps(rng.bit_generator.state)}, opt_tmp)
         log.info("epoch %d/%d  loss %.4f  %s  (%.1f s)", epoch + 1, cfg.epochs, row["train_loss"],
                  " ".join(f"{k[9:]}={v:.3f}" for k, v in row.items() if k.startswith("val_dice_")), row["seconds"])
     final = out / "checkpoint.pt"
     save_checkpoint(final, net.state_dict(), {**meta, "epoch": cfg.epochs - 1})
-    tmp = out / ".metrics.csv.part"
-    tmp.write_bytes(metrics_path.read_bytes())
-    os.replace(tmp, out / "metrics.csv")
+    with atomic_path(out / "metrics.csv") as tmp:
+        tmp.write_bytes(metrics_path.read_bytes())
     (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(meta)), sort_keys=True))
     return final
 
