@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/nsm_fit.py [--train 12] [--fit 8] [--device cpu]
 
-A cohort of synthetic femurs (kneeflow.shape.synthetic_femur) trains the demo's NSM recipe; then the
+A cohort of synthetic femurs (tests/fixtures.py: synthetic_femur) trains the demo's NSM recipe; then the
 held-out femurs are fitted with (a) the public recipe, 2000 Adam iterations, 8000 points, one knee per
 optimisation, (b) the same batched (all knees in one optimisation), (c) batched with early stopping
 (patience 200), (d) batched, early stop, 4000 points. Each row reports seconds per bone and the
@@ -17,9 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+import sys
+
 from kneeflow import shape
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from fixtures import synthetic_femur  # noqa: E402 - test data shared with the tests
 
 
 def main() -> None:
@@ -37,7 +41,7 @@ def main() -> None:
     for i in range(n):
         s = f"k{i:02d}"
         sides[s] = "left" if i % 3 == 1 else "right"
-        knees[s] = {"femur": shape.synthetic_femur(700 + i, sides[s], round((i % 13) / 12, 3))}
+        knees[s] = {"femur": synthetic_femur(700 + i, sides[s], round((i % 13) / 12, 3))}
     ids = sorted(knees)
     test = ids[a.train:]
     cfg = {"decoder": "deepsdf", "surfaces": ["femur"], "latent_size": 16, "hidden": 64, "n_layers": 6, "fourier": 4,

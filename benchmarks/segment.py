@@ -15,12 +15,15 @@ Dice >= 0.999) is a GPU target. Prints a table and writes segment.json.
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from fixtures import train_tiny  # noqa: E402 - test data shared with the tests
 
 
 def main() -> None:
@@ -42,7 +45,7 @@ def main() -> None:
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    folder = Path(a.model_folder) if a.model_folder else nnunet.train_tiny(out / "tiny") if a.train_tiny else None
+    folder = Path(a.model_folder) if a.model_folder else train_tiny(out / "tiny") if a.train_tiny else None
     if folder is None:
         raise SystemExit("give --model-folder or --train-tiny")
     plans = json.loads((folder / "plans.json").read_text())

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
+from fixtures import train_tiny
+
 from kneeflow import nnunet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +22,7 @@ def tiny(tmp_path_factory):
     """A real nnU-Net v2 results folder (2 epochs x 20 iterations on 6 synthetic knees at 2 mm)."""
     wd = tmp_path_factory.mktemp("nnunet")
     saved = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    folder = nnunet.train_tiny(wd)
+    folder = train_tiny(wd)
     yield folder
     for k, v in saved.items():
         if v is None:

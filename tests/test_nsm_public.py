@@ -14,6 +14,7 @@ import torch
 from kneeflow import bscore, nsm_recipe, shape
 from kneeflow.triplanar import build_triplanar
 from conftest import SHARED
+from fixtures import synthetic_femur
 
 NSM = SHARED / "nsm"
 PUBLIC = SHARED / "public"
@@ -97,7 +98,7 @@ def test_public_bscore_model_scores_as_the_public_code(tmp_path):
 @pytest.fixture(scope="module")
 def small_public_model(tmp_path_factory):
     """A small triplanar model trained on synthetic femurs, saved and loaded in the public layout."""
-    fem = {f"k{i}": shape.synthetic_femur(300 + i, "left" if i == 1 else "right", oa=0.4 * i, spacing=2.0,
+    fem = {f"k{i}": synthetic_femur(300 + i, "left" if i == 1 else "right", oa=0.4 * i, spacing=2.0,
                                           n_points=1500) for i in range(3)}
     sides = {"k0": "right", "k1": "left", "k2": "right"}
     cfg = {"decoder": "triplanar", "surfaces": ["femur"], "latent_size": 8, "conv_hidden_dims": [16, 16, 16],

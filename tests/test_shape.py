@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from fixtures import synthetic_femur
+
 from kneeflow import shape
 
 TINY = {"decoder": "deepsdf", "surfaces": ["femur"], "latent_size": 4, "hidden": 32, "n_layers": 4, "fourier": 2,
@@ -14,7 +16,7 @@ TINY = {"decoder": "deepsdf", "surfaces": ["femur"], "latent_size": 4, "hidden":
 @pytest.fixture(scope="module")
 def femurs():
     """Three small synthetic femurs (2 mm grid, coarse meshes: fast)."""
-    return {f"k{i}": shape.synthetic_femur(300 + i, "left" if i == 1 else "right", oa=0.4 * i, spacing=2.0,
+    return {f"k{i}": synthetic_femur(300 + i, "left" if i == 1 else "right", oa=0.4 * i, spacing=2.0,
                                            n_points=1500) for i in range(3)}
 
 
@@ -238,7 +240,7 @@ def test_synthetic_cohort_bscore_tracks_oa_and_nsm_reconstructs(tmp_path):
         s = f"k{i:02d}"
         oa[s] = round((i % 13) / 12, 3)
         sides[s] = "left" if i % 3 == 1 else "right"
-        knees[s] = {"femur": shape.synthetic_femur(500 + i, sides[s], oa[s])}
+        knees[s] = {"femur": synthetic_femur(500 + i, sides[s], oa[s])}
     test = [s for i, s in enumerate(sorted(knees)) if i % 4 == 3]
     train = [s for s in sorted(knees) if s not in test]
     cfg = {"decoder": "deepsdf", "surfaces": ["femur"], "latent_size": 16, "hidden": 64, "n_layers": 6,

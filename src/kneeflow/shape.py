@@ -29,7 +29,7 @@ __all__ = ["Alignment", "CHECKPOINT_NAME", "CONFIG_NAME", "CONFIG_NAMES", "FitRe
            "find_config", "fit", "fit_bscore", "load_bscore_model", "load_model", "load_surface",
            "make_poly", "mesh_arrays", "prepare", "public_surfaces", "reconstruct", "sample_on_surface",
            "save_bscore_model", "save_model", "save_public", "sdf_samples", "signed_distance",
-           "surface_distance", "synthetic_femur", "train"]
+           "surface_distance", "train"]
 
 import json
 import logging
@@ -725,17 +725,3 @@ def reconstruct(model: ShapeModel, latent, alignment: Alignment | dict, *, resol
     return pts, faces.astype(np.int64)
 
 
-# ---------------------------------------------------------------------------------------------- synthetic
-
-
-def synthetic_femur(seed: int, side: str = "right", oa: float = 0.0, spacing: float = 1.0, n_points: int = 6000):
-    """The phantom's femur (:func:`kneeflow.phantom.femur_labels`) meshed as the workflow meshes bones."""
-    import SimpleITK as sitk
-
-    from kneeflow import mesh, phantom
-
-    m, sp, org = phantom.femur_labels(seed, side, oa, spacing)
-    img = sitk.GetImageFromArray(np.ascontiguousarray(m.transpose(2, 1, 0)))
-    img.SetSpacing(sp)
-    img.SetOrigin(org)
-    return mesh.bone_mesh(img, [1], n_points, smooth_var_mm2=0.5, bone="femur", crop_percent=1.0)
