@@ -31,21 +31,33 @@ def fixed_signature(f):
 
 def cli_options(**opts):
     """Config values as `kneeflow` command options (`ray_out_mm=10.0` -> `--ray-out-mm 10.0`), one
-    string for params (so `--list-changes params` sees a change), spliced into `shell:`.
+    string for params (so `--list-changes params` sees a change), spliced into `shell:`. A value
+    may be a function of the wildcards (then so is the result, called once per job). The rule's code
+    hash travels as `--code` (one parameter per rule keeps the graph of 10k scans fast).
     """
-    words = []
-    for k, v in opts.items():
-        flag = f"--{k.replace('_', '-')}"
-        if isinstance(v, bool):
-            words.append(flag if v else f"--no-{flag[2:]}")
-        elif isinstance(v, dict):
-            words += [
-                flag,
-                shlex.quote(",".join(f"{a}={b}" for a, b in v.items()) or "{}"),
-            ]
-        elif v is not None and v != "":
-            words += [flag, shlex.quote(str(v))]
-    return " ".join(words)
+
+    def words(values):
+        out = []
+        for k, v in values.items():
+            flag = f"--{k.replace('_', '-')}"
+            if isinstance(v, bool):
+                out.append(flag if v else f"--no-{flag[2:]}")
+            elif isinstance(v, dict):
+                out += [
+                    flag,
+                    shlex.quote(",".join(f"{a}={b}" for a, b in v.items()) or "{}"),
+                ]
+            elif v is not None and v != "":
+                out += [flag, shlex.quote(str(v))]
+        return " ".join(out)
+
+    if not any(callable(v) for v in opts.values()):
+        return words(opts)
+    return fixed_signature(
+        lambda wildcards: words(
+            {k: (v(wildcards) if callable(v) else v) for k, v in opts.items()}
+        )
+    )
 
 
 def script_code(name):

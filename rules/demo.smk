@@ -21,14 +21,12 @@ rule phantom:
         mem_mb=per_attempt(2000),
         runtime=per_attempt(10),
     params:
-        code=command_code("phantom"),
-        options=fixed_signature(
-            lambda wc: cli_options(
-                seed=int(row(wc)["seed"]),
-                side=row(wc)["side"],
-                oa_severity=float(row(wc)["oa_severity"] or 0.0),
-                spacing_mm=config["demo"]["spacing_mm"],
-            )
+        options=cli_options(
+            code=command_code("phantom"),
+            seed=lambda wc: int(row(wc)["seed"]),
+            side=lambda wc: row(wc)["side"],
+            oa_severity=lambda wc: float(row(wc)["oa_severity"] or 0.0),
+            spacing_mm=config["demo"]["spacing_mm"],
         ),
     shell:
         "kneeflow phantom --sample {wildcards.sample} {params.options}"

@@ -20,9 +20,9 @@ rule ingest:
         mem_mb=per_attempt(2000),
         runtime=per_attempt(10),
     params:
-        code=command_code("ingest"),
+        options=cli_options(code=command_code("ingest")),
     shell:
-        "kneeflow ingest --sample {wildcards.sample} --scan {input.image:q}"
+        "kneeflow ingest --sample {wildcards.sample} {params.options} --scan {input.image:q}"
         " --image {output.image:q} --qc {output.qc:q} --log {log:q}"
 
 
@@ -43,7 +43,7 @@ rule ingest_echoes:
         mem_mb=per_attempt(3000),
         runtime=per_attempt(10),
     params:
-        code=command_code("ingest_echoes"),
+        options=cli_options(code=command_code("ingest_echoes")),
     shell:
-        "kneeflow ingest-echoes --sample {wildcards.sample} --series {input.echoes:q}"
+        "kneeflow ingest-echoes --sample {wildcards.sample} {params.options} --series {input.echoes:q}"
         " --echoes {output.echoes:q} --times {output.times:q} --log {log:q}"

@@ -20,19 +20,10 @@ rule import_labels:
         mem_mb=per_attempt(2000),
         runtime=per_attempt(10),
     params:
-        code=command_code("labels"),
-        options=(
-            fixed_signature(
-                lambda wc: cli_options(
-                    convention=LABEL_CONVENTION(wc),
-                    conventions=json.dumps(config["label_conventions"]),
-                )
-            )
-            if callable(LABEL_CONVENTION)
-            else cli_options(
-                convention=LABEL_CONVENTION,
-                conventions=json.dumps(config["label_conventions"]),
-            )
+        options=cli_options(
+            code=command_code("labels"),
+            convention=LABEL_CONVENTION,
+            conventions=json.dumps(config["label_conventions"]),
         ),
     shell:
         f"kneeflow labels --sample {{wildcards.sample}} {{params.options}} --labels {{input.labels:q}}"
@@ -137,9 +128,9 @@ rule segment_labels:
         mem_mb=per_attempt(2000),
         runtime=per_attempt(10),
     params:
-        code=command_code("segment_collect"),
+        options=cli_options(code=command_code("segment_collect")),
     shell:
-        "kneeflow segment collect --sample {wildcards.sample} --staging {input.staging:q}"
+        "kneeflow segment collect --sample {wildcards.sample} {params.options} --staging {input.staging:q}"
         " --image {input.image:q} --nii {output.nii:q} --nrrd {output.nrrd:q} --log {log:q}"
 
 

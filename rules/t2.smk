@@ -20,8 +20,8 @@ rule t2:
         mem_mb=per_attempt(3000),
         runtime=per_attempt(20),
     params:
-        code=command_code("t2"),
         options=cli_options(
+            code=command_code("t2"),
             method=config["t2"]["method"],
             drop_first_echo=config["t2"]["drop_first_echo"],
             noise_floor_snr=config["t2"]["noise_floor_snr"],

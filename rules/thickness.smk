@@ -18,8 +18,8 @@ rule thickness:
         mem_mb=per_attempt(3000),
         runtime=per_attempt(20),
     params:
-        code=command_code("thickness"),
         options=cli_options(
+            code=command_code("thickness"),
             n_points=config["mesh"]["n_points"],
             bone_smooth_var_mm2=config["mesh"]["bone_smooth_var_mm2"],
             cartilage_smooth_var_mm2=config["mesh"]["cartilage_smooth_var_mm2"],
@@ -48,8 +48,8 @@ rule subregions:
         mem_mb=per_attempt(3000),
         runtime=per_attempt(20),
     params:
-        code=command_code("subregions"),
         options=cli_options(
+            code=command_code("subregions"),
             reference=config["thickness"]["subregion_reference"],
             reference_shrink=config["thickness"]["subregion_reference_shrink"],
         ),

@@ -72,14 +72,13 @@ def test_editing_a_figure_helper_replans_the_figures_only(lib_copy):
 
 
 def test_the_library_has_no_import_cycle():
-    import ast
     import pkgutil
 
     import kneeflow
 
     mods = [m.name for m in pkgutil.iter_modules(kneeflow.__path__) if m.name != "__main__"]
-    graph = {m: {x.split(".")[1] for x in provenance._kneeflow_imports(ast.parse(
-        provenance._module_file(f"kneeflow.{m}").read_text()))} for m in mods}
+    graph = {m: {x.split(".")[1] for x in provenance._kneeflow_imports(
+        provenance._module_file(f"kneeflow.{m}").read_text())} for m in mods}
     state = {}
 
     def visit(m, path):

@@ -306,6 +306,7 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn, files_in=inputs, files_out=outputs)
         if sample:
             p.add_argument("--sample", default="", help="the sample id (in tables and error lines)")
+        p.add_argument("--code", default="", help="the code hash the workflow planned this job with (provenance)")
         p.add_argument("--log", help="write the log here too (the workflow's per-job log)")
         return p
 
