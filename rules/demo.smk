@@ -30,4 +30,4 @@ rule phantom:
         ),
     shell:
         "kneeflow phantom --sample {wildcards.sample} {params.options}"
-        " --out results/demo/{wildcards.sample} --log {log:q}"
+        " --out results/demo/{wildcards.sample} --mem-mb {resources.mem_mb} --runtime {resources.runtime} --log {log:q}"

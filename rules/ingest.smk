@@ -23,7 +23,7 @@ rule ingest:
         options=cli_options(code=command_code("ingest")),
     shell:
         "kneeflow ingest --sample {wildcards.sample} {params.options} --scan {input.image:q}"
-        " --image {output.image:q} --qc {output.qc:q} --log {log:q}"
+        " --image {output.image:q} --qc {output.qc:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime} --log {log:q}"
 
 
 rule ingest_echoes:
@@ -46,4 +46,4 @@ rule ingest_echoes:
         options=cli_options(code=command_code("ingest_echoes")),
     shell:
         "kneeflow ingest-echoes --sample {wildcards.sample} {params.options} --series {input.echoes:q}"
-        " --echoes {output.echoes:q} --times {output.times:q} --log {log:q}"
+        " --echoes {output.echoes:q} --times {output.times:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime} --log {log:q}"

@@ -27,7 +27,7 @@ rule import_labels:
         ),
     shell:
         f"kneeflow labels --sample {{wildcards.sample}} {{params.options}} --labels {{input.labels:q}}"
-        f"{' --image {input.image:q}' if IMPORT_IMAGE else ''} --out {{output.nii:q}} --log {{log:q}}"
+        f"{' --image {input.image:q}' if IMPORT_IMAGE else ''} --out {{output.nii:q}} --mem-mb {{resources.mem_mb}} --runtime {{resources.runtime}} --log {{log:q}}"
 
 
 rule train_model:
@@ -131,7 +131,7 @@ rule segment_labels:
         options=cli_options(code=command_code("segment_collect")),
     shell:
         "kneeflow segment collect --sample {wildcards.sample} {params.options} --staging {input.staging:q}"
-        " --image {input.image:q} --nii {output.nii:q} --nrrd {output.nrrd:q} --log {log:q}"
+        " --image {input.image:q} --nii {output.nii:q} --nrrd {output.nrrd:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime} --log {log:q}"
 
 
 rule dice:

@@ -31,4 +31,4 @@ rule t2:
     shell:
         "kneeflow t2 --sample {wildcards.sample} {params.options} --echoes {input.echoes:q}"
         " --times {input.times:q} --labels {input.labels:q} --t2map {output.t2map:q}"
-        " --table {output.table:q} --log {log:q}"
+        " --table {output.table:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime} --log {log:q}"

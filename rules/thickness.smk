@@ -29,7 +29,7 @@ rule thickness:
         ),
     shell:
         "kneeflow thickness --sample {wildcards.sample} {params.options}"
-        " --labels {input.labels:q} --meshes {output.meshes:q} --table {output.table:q} --log {log:q}"
+        " --labels {input.labels:q} --meshes {output.meshes:q} --table {output.table:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime} --log {log:q}"
 
 
 rule subregions:
@@ -55,4 +55,4 @@ rule subregions:
         ),
     shell:
         "kneeflow subregions --sample {wildcards.sample} {params.options}"
-        " --labels {input.labels:q} --out {output.labels:q} --log {log:q}"
+        " --labels {input.labels:q} --out {output.labels:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime} --log {log:q}"

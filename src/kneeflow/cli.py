@@ -307,6 +307,8 @@ def _parser() -> argparse.ArgumentParser:
         if sample:
             p.add_argument("--sample", default="", help="the sample id (in tables and error lines)")
         p.add_argument("--code", default="", help="the code hash the workflow planned this job with (provenance)")
+        p.add_argument("--mem-mb", type=int, help="memory the job was given (provenance; the workflow passes it)")
+        p.add_argument("--runtime", type=int, help="minutes the job was given (provenance; the workflow passes it)")
         p.add_argument("--log", help="write the log here too (the workflow's per-job log)")
         return p
 
@@ -446,10 +448,13 @@ def main(argv: list[str] | None = None) -> None:
             if name == "phantom":
                 outputs = [str(Path(a.out) / f) for f in ("image.nii.gz", "labels.nii.gz", "echoes.nii.gz",
                                                           "echoes.json", "truth.json")]
-            opts = {k: v for k, v in vars(a).items() if k not in ("fn", "command", "log", "files_in", "files_out")}
+            skip = ("fn", "command", "log", "files_in", "files_out", "mem_mb", "runtime")
+            opts = {k: v for k, v in vars(a).items() if k not in skip}
             rec = provenance.record(name, {"sample": sample} if sample else {}, files(a.files_in), opts,
                                     ret.get("weights"))
             rec.update(ret.get("extra", {}))
+            # what the job was given (memory and runtime grow with the attempt under --retries)
+            rec["resources"] = {k: getattr(a, k) for k in ("mem_mb", "runtime") if getattr(a, k) is not None}
             provenance.write_sidecars(rec, outputs)
     except Exception as e:  # noqa: BLE001 - reported in one line, then the command fails
         from kneeflow.rule import one_line
