@@ -4,7 +4,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from kneeflow import io
-from kneeflow.inference import dice_assd
+from kneeflow.metrics import dice_assd
 from kneeflow.labels import CANONICAL
 from kneeflow.rule import run, write_table
 

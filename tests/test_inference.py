@@ -7,7 +7,7 @@ import SimpleITK as sitk
 from conftest import shared
 
 from kneeflow import phantom
-from kneeflow.inference import MEDIAL_LATERAL, assign_medial_lateral, gaussian_importance, sliding_window, window_starts
+from kneeflow.inference import MEDIAL_LATERAL, assign_medial_lateral, sliding_window
 from kneeflow.labels import CANONICAL, PYMSKT, remap_to_canonical
 
 
@@ -63,13 +63,25 @@ def test_unknown_side_is_an_error():
         assign_medial_lateral(np.zeros((4, 4, 4), np.uint8), sitk.Image(4, 4, 4, sitk.sitkUInt8), "")
 
 
-def test_sliding_window_uses_nnunets_windows_and_weights():
+def test_sliding_window_visits_nnunets_windows_with_its_weights():
+    """The predictor sees exactly nnU-Net's windows, and a constant prediction comes back unchanged
+    (the weights of overlapping windows are normalised)."""
     torch = pytest.importorskip("torch")
     sw = pytest.importorskip("nnunetv2.inference.sliding_window_prediction")
     for size, patch in [((110, 64, 200), (64, 64, 96)), ((48, 97, 130), (48, 32, 32)), ((33, 40, 41), (32, 32, 32))]:
-        assert [window_starts(s, p) for s, p in zip(size, patch)] == sw.compute_steps_for_sliding_window(size, patch, 0.5)
-    ref = sw.compute_gaussian((48, 32, 32), dtype=torch.float32, device=torch.device("cpu")).numpy()
-    np.testing.assert_allclose(gaussian_importance((48, 32, 32)), ref, rtol=1e-6)
+        # each voxel holds its own index: a tile's first voxel tells where the window starts
+        x = torch.arange(int(np.prod(size)), dtype=torch.float64).reshape(1, 1, *size)
+        seen = []
+
+        def predictor(tiles):
+            for t in tiles:
+                seen.append(tuple(int(v) for v in np.unravel_index(int(t[0, 0, 0, 0]), size)))
+            return torch.ones((len(tiles), 2, *patch), dtype=torch.float64)
+
+        out = sliding_window(x, patch, predictor, batch=3)
+        steps = sw.compute_steps_for_sliding_window(size, patch, 0.5)
+        assert sorted(seen) == sorted((a, b, c) for a in steps[0] for b in steps[1] for c in steps[2])
+        assert torch.allclose(out, torch.ones_like(out))
 
 
 def test_sliding_window_is_a_weighted_mean_on_the_input_grid():

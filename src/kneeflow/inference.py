@@ -9,9 +9,8 @@ accumulated on the CPU instead (logged).
 
 from __future__ import annotations
 
-__all__ = ["BONE_LABELS", "MEDIAL_LATERAL", "OnnxNet", "Segmenter", "assign_medial_lateral", "dice_assd",
-           "gaussian_importance", "keep_largest_components", "onnx_segmenter", "sliding_window",
-           "window_starts"]
+__all__ = ["BONE_LABELS", "MEDIAL_LATERAL", "OnnxNet", "Segmenter", "assign_medial_lateral", "keep_largest_components",
+           "onnx_segmenter", "sliding_window"]
 
 import logging
 
@@ -156,34 +155,13 @@ def onnx_segmenter(path, device: str = "cpu", **kw) -> Segmenter:
     return Segmenter(OnnxNet(path, device), meta, device="cpu", **kw)
 
 
-def gaussian_importance(patch, sigma_scale: float = 1 / 8) -> np.ndarray:
-    """The weight of each voxel of a window: a Gaussian (sigma = patch / 8) with maximum 1 and no
-    zeros, as nnU-Net weights its windows."""
-    from scipy.ndimage import gaussian_filter
-
-    g = np.zeros(patch)
-    g[tuple(p // 2 for p in patch)] = 1
-    g = gaussian_filter(g, [p * sigma_scale for p in patch], 0, mode="constant", cval=0)
-    g /= g.max()
-    g[g == 0] = g[g > 0].min()
-    return g.astype(np.float32)
-
-
-def window_starts(size: int, patch: int, step: float = 0.5) -> list[int]:
-    """Window positions along one axis: evenly spaced at most ``step * patch`` apart, the first at 0
-    and the last at ``size - patch`` (nnU-Net's positions)."""
-    if size <= patch:
-        return [0]
-    n = int(np.ceil((size - patch) / (patch * step))) + 1
-    return [int(np.round((size - patch) / (n - 1) * i)) for i in range(n)]
-
-
 def sliding_window(x, patch, predictor, step: float = 0.5, batch: int = 2, out_device=None, sums_dtype=None,
                    weight_scale: float = 1.0):
     """Gaussian-weighted mean of ``predictor``'s logits over overlapping windows of ``x`` (1, 1, z, y, x).
 
-    The windows, their weights and the zero padding of a volume smaller than a window are nnU-Net's,
-    so that one network gives the same labels here as in nnUNetPredictor. Windows run ``batch`` at a
+    The windows and their weights are nnU-Net's own (``compute_steps_for_sliding_window``,
+    ``compute_gaussian``), and so is the zero padding of a volume smaller than a window, so that one
+    network gives the same labels here as in nnUNetPredictor. Windows run ``batch`` at a
     time on ``x``'s device; the sums are kept on ``out_device`` (the CPU when the GPU ran out of
     memory for a whole volume). Returns (1, C, z, y, x) on ``out_device``.
 
@@ -199,11 +177,13 @@ def sliding_window(x, patch, predictor, step: float = 0.5, batch: int = 2, out_d
         # centred, as nnU-Net pads: the lower half rounded down
         x = torch.nn.functional.pad(x, [v for d in reversed(pad) for v in (d // 2, d - d // 2)])
     full = x.shape[2:]
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+
     sums_dtype = sums_dtype or torch.float32
-    g = torch.from_numpy(gaussian_importance(patch) * np.float32(weight_scale)).to(x.device, sums_dtype)
+    g = compute_gaussian(tuple(patch), value_scaling_factor=weight_scale, dtype=sums_dtype, device=x.device)
     g_out = g.to(out_device)
-    corners = [(a, b, c) for a in window_starts(full[0], patch[0], step)
-               for b in window_starts(full[1], patch[1], step) for c in window_starts(full[2], patch[2], step)]
+    steps = compute_steps_for_sliding_window(tuple(full), tuple(patch), step)
+    corners = [(a, b, c) for a in steps[0] for b in steps[1] for c in steps[2]]
     acc = weight = None
     for i in range(0, len(corners), batch):
         group = corners[i:i + batch]
@@ -279,24 +259,3 @@ def assign_medial_lateral(lab: np.ndarray, image, side: str, slab_mm: float = 20
         medial = x > mid if side == "right" else x < mid
         out[idx] = np.where(medial, med, lat).astype(lab.dtype)
     return out
-
-
-def dice_assd(pred: np.ndarray, ref: np.ndarray, spacing_zyx, labels: dict[str, int]) -> list[dict]:
-    """Dice and average symmetric surface distance (mm) per structure."""
-    from scipy import ndimage
-
-    rows = []
-    for name, c in labels.items():
-        a, b = pred == c, ref == c
-        s = int(a.sum() + b.sum())
-        dice = float(2 * (a & b).sum() / s) if s else float("nan")
-        if a.any() and b.any():
-            sa = a & ~ndimage.binary_erosion(a)
-            sb = b & ~ndimage.binary_erosion(b)
-            da = ndimage.distance_transform_edt(~sb, sampling=spacing_zyx)[sa]
-            db = ndimage.distance_transform_edt(~sa, sampling=spacing_zyx)[sb]
-            assd = float((da.sum() + db.sum()) / (len(da) + len(db)))
-        else:
-            assd = float("nan")
-        rows.append({"structure": name, "dice": dice, "assd_mm": assd})
-    return rows
