@@ -248,7 +248,9 @@ def run_knee(a) -> dict:
     if a.labels:
         row.update({"labels": str(Path(a.labels).resolve()), "label_convention": a.label_convention})
     (out / "samples.tsv").write_text("\t".join(row) + "\n" + "\t".join(row.values()) + "\n")
-    cfg = {"samples": str(out / "samples.tsv"), "allowed_roots": sorted({"/", str(image.parent)})}
+    # the sheet may point only into the folders of the files given here
+    roots = {str(image.parent)} | ({str(Path(a.labels).resolve().parent)} if a.labels else set())
+    cfg = {"samples": str(out / "samples.tsv"), "allowed_roots": sorted(roots)}
     if a.model:
         cfg["segmentation"] = {"activate": True, "models": {"model": _model_entry(a.model)}}
     if a.nsm:
