@@ -8,7 +8,7 @@ min_version("9.14.1")
 
 # the library; every job (local or on a cluster node) gets src/ on its PYTHONPATH (rules/common.smk)
 sys.path.insert(0, f"{workflow.basedir}/src")
-from kneeflow.schema import validate_config  # noqa: E402
+from kneeflow.workflow.schema import validate_config  # noqa: E402
 
 
 configfile: "config/config.yaml"

@@ -19,7 +19,7 @@ import numpy as np
 
 import sys
 
-from kneeflow import shape
+from kneeflow import shape, surface
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -68,8 +68,8 @@ def main() -> None:
         assd = []
         for s in test:
             pts, tris = shape.reconstruct(model, res[s].latent, res[s].alignment, resolution=160, device=a.device)
-            ip, it = shape.mesh_arrays(knees[s]["femur"])
-            assd.append(shape.surface_distance(ip, it, pts, tris)["assd"])
+            ip, it = surface.mesh_arrays(knees[s]["femur"])
+            assd.append(surface.surface_distance(ip, it, pts, tris)["assd"])
         rows.append({"setting": name, "device": a.device, "knees": len(test), "s_per_bone": round(secs / len(test), 2),
                      "mean_iterations": float(np.mean([res[s].iterations for s in test])),
                      "assd_mean_mm": round(float(np.mean(assd)), 3), "assd_max_mm": round(float(np.max(assd)), 3)})

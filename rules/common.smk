@@ -9,9 +9,9 @@ from snakemake.common import overwrite_function_params
 from snakemake.exceptions import WorkflowError
 
 from kneeflow.labels import BUILTIN_CONVENTIONS
-from kneeflow.provenance import code_hash
-from kneeflow.rule import export_src_path
-from kneeflow.samples import (
+from kneeflow.workflow.provenance import code_hash
+from kneeflow.workflow.rule import export_src_path
+from kneeflow.workflow.samples import (
     SampleSheetError,
     id_pattern,
     load_samples,
@@ -66,7 +66,7 @@ def script_code(name):
 
 
 def command_code(stage):
-    """The `code` parameter of rules that run `kneeflow <stage>`: kneeflow.cli and what that
+    """The `code` parameter of rules that run `kneeflow <stage>`: kneeflow.workflow.cli and what that
     stage's function imports, transitively (an edit of any of them plans the rule's jobs again).
     """
-    return code_hash(f"kneeflow.cli:{stage}")
+    return code_hash(f"kneeflow.workflow.cli:{stage}")

@@ -25,13 +25,14 @@ def model_cfg(name):
 
 
 def segment_backend(name):
-    """train (our checkpoint) | nnunet (an nnU-Net v2 model folder) | onnx (an exported model)."""
+    """train (our checkpoint) | nnunet (an nnU-Net v2 model folder) | onnx (an exported model) |
+    dosma (DOSMA's Keras .h5 models, in their own environment)."""
     m = model_cfg(name)
-    for kind in ("train", "nnunet", "onnx"):
+    for kind in ("train", "nnunet", "onnx", "dosma"):
         if kind in m:
             return kind
     raise WorkflowError(
-        f"segmentation model {name!r} needs a `train`, `nnunet` or `onnx` section"
+        f"segmentation model {name!r} needs a `train`, `nnunet`, `onnx` or `dosma` section"
     )
 
 
@@ -42,6 +43,9 @@ def segment_model_input(name):
         return [f"results/models/{name}/checkpoint.pt"]
     if kind == "onnx":
         return [m["onnx"]["file"]]
+    if kind == "dosma":
+        d = m["dosma"]
+        return [x["file"] for x in (d if isinstance(d, list) else [d])]
     folder = m["nnunet"].get("folder")
     return [os.path.join(folder, "plans.json")] if folder else []
 

@@ -77,6 +77,8 @@ rule train_model:
 #   results/<sample>/labels/<model>.nii.gz + .nrrd. A bad scan fails in its own ingest job (and, if
 #   the model failed on it alone, in this job, with the batch's message).
 for _model, _batch, _ids in segment_batches():
+    if segment_backend(_model) == "dosma":
+        continue
 
     rule:
         name:
@@ -107,6 +109,38 @@ for _model, _batch, _ids in segment_batches():
             entry=model_cfg(_model),
         script:
             "../scripts/segment.py"
+
+
+# DOSMA's Keras models: the same batch job in their own environment (TensorFlow, no torch).
+for _model, _batch, _ids in segment_batches():
+    if segment_backend(_model) != "dosma":
+        continue
+
+    rule:
+        name:
+            f"segment_dosma_{_model}_{_batch}"
+        input:
+            model=segment_model_input(_model),
+            scans=[ROWS[s]["image"] for s in _ids],
+        output:
+            staging=directory(segment_staging(_model, _batch)),
+        log:
+            f"results/logs/segment/{_model}_{_batch}.log",
+        benchmark:
+            f"results/benchmarks/segment/{_model}_{_batch}.tsv"
+        conda:
+            "../envs/dosma.yaml"
+        threads: 2
+        resources:
+            mem_mb=per_attempt(6000),
+            runtime=per_attempt(60),
+        params:
+            code=script_code("segment_dosma"),
+            samples=_ids,
+            sides=[ROWS[s]["side"] for s in _ids],
+            entry=model_cfg(_model),
+        script:
+            "../scripts/segment_dosma.py"
 
 
 rule segment_labels:

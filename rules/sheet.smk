@@ -1,4 +1,4 @@
-# The sample sheet: validated rows (the logic lives in kneeflow.samples, tested on its own) and the
+# The sample sheet: validated rows (the logic lives in kneeflow.workflow.samples, tested on its own) and the
 # per-sample inputs taken from it (plain patterns where every row follows one).
 
 

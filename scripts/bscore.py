@@ -5,8 +5,8 @@ import json
 import pandas as pd
 
 from kneeflow import bscore as shape
-from kneeflow.atomic import atomic_path
-from kneeflow.rule import run, write_table
+from kneeflow.atomic import atomic_path, write_table
+from kneeflow.workflow.rule import run
 
 
 def main(sm):

@@ -4,9 +4,10 @@ import pandas as pd
 import SimpleITK as sitk
 
 from kneeflow import io
-from kneeflow.metrics import dice_assd
+from kneeflow.atomic import write_table
 from kneeflow.labels import CANONICAL
-from kneeflow.rule import run, write_table
+from kneeflow.metrics import dice_assd
+from kneeflow.workflow.rule import run
 
 
 def main(sm):

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from kneeflow import export
-from kneeflow.rule import run
+from kneeflow.workflow.rule import run
 
 
 def main(sm):

@@ -3,7 +3,7 @@
 import json
 
 from kneeflow import bscore as shape
-from kneeflow.rule import run
+from kneeflow.workflow.rule import run
 
 
 def main(sm):

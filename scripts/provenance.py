@@ -2,8 +2,9 @@
 
 import pandas as pd
 
-from kneeflow import provenance
-from kneeflow.rule import run, write_table
+from kneeflow.atomic import write_table
+from kneeflow.workflow import provenance
+from kneeflow.workflow.rule import run
 
 
 def main(sm):

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from kneeflow.rule import run, write_table
+from kneeflow.atomic import write_table
+from kneeflow.workflow.rule import run
 
 
 def main(sm):

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from kneeflow.models import resolve_device
-from kneeflow.rule import run
 from kneeflow.training import TrainConfig, train
+from kneeflow.workflow.rule import run
 
 
 def main(sm):

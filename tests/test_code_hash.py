@@ -6,7 +6,7 @@ import shutil
 import pytest
 from conftest import ROOT
 
-from kneeflow import provenance
+from kneeflow.workflow import provenance
 
 
 def _entries():
@@ -19,7 +19,7 @@ def _entries():
             cmd = re.search(r'code=command_code\("([^"]+)"\)', block)
             script = re.search(r'code=script_code\("([^"]+)"\)', block)
             if cmd:
-                out[name] = f"kneeflow.cli:{cmd.group(1)}"
+                out[name] = f"kneeflow.workflow.cli:{cmd.group(1)}"
             elif script:
                 out[name] = str(ROOT / "scripts" / f"{script.group(1)}.py")
     return out
@@ -71,14 +71,17 @@ def test_editing_a_figure_helper_replans_the_figures_only(lib_copy):
     assert {"fig_thickness", "fig_bscore", "fig_t2"} <= changed
 
 
-def test_the_library_has_no_import_cycle():
+def _import_graph():
     import pkgutil
 
     import kneeflow
 
-    mods = [m.name for m in pkgutil.iter_modules(kneeflow.__path__) if m.name != "__main__"]
-    graph = {m: {x.split(".")[1] for x in provenance._kneeflow_imports(
-        provenance._module_file(f"kneeflow.{m}").read_text())} for m in mods}
+    mods = [m.name for m in pkgutil.walk_packages(kneeflow.__path__, "kneeflow.") if not m.name.endswith("__main__")]
+    return {m: provenance._kneeflow_imports(provenance._module_file(m).read_text()) for m in mods}
+
+
+def test_the_library_has_no_import_cycle():
+    graph = _import_graph()
     state = {}
 
     def visit(m, path):
@@ -89,7 +92,15 @@ def test_the_library_has_no_import_cycle():
                 visit(n, [*path, n])
         state[m] = "done"
 
-    for m in mods:
+    for m in graph:
         if m not in state:
             visit(m, [m])
-    assert len(graph) >= 20
+    assert len(graph) >= 25 and "kneeflow.workflow.cli" in graph
+
+
+def test_the_science_never_imports_the_workflow_glue():
+    graph = _import_graph()
+    science = {m: deps for m, deps in graph.items() if not m.startswith("kneeflow.workflow")}
+    assert len(science) >= 20
+    leaks = {m: sorted(d for d in deps if d.startswith("kneeflow.workflow")) for m, deps in science.items()}
+    assert not {m: d for m, d in leaks.items() if d}

@@ -5,7 +5,7 @@ import copy
 import yaml
 from conftest import ROOT
 
-from kneeflow import schema
+from kneeflow.workflow import schema
 
 
 def _leaves(d, prefix=()):
@@ -39,7 +39,7 @@ def test_defaults_fill_missing_sections_and_keys_only():
 
 
 def test_the_commands_take_their_defaults_from_the_schema():
-    from kneeflow.cli import _parser
+    from kneeflow.workflow.cli import _parser
 
     a = _parser().parse_args(["thickness", "--labels", "l", "--meshes", "m", "--table", "t"])
     d = schema.defaults()

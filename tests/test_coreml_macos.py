@@ -43,7 +43,7 @@ def test_segmentation_coreml_predictions_match_torch(tmp_path):
                                        5, stride=1, padding=2) * 4
     with torch.no_grad():
         ref = net(x).numpy()
-    import coremltools as ct
+    ct = export.coremltools()
 
     for prec in ("fp32", "fp16"):
         ml = ct.models.MLModel(str(tmp_path / f"tiny_{prec}.mlpackage"), compute_units=ct.ComputeUnit.CPU_ONLY)
@@ -59,7 +59,7 @@ def test_segmentation_coreml_predictions_match_torch(tmp_path):
 
 def test_minilm_coreml_fp32_matches_sentence_transformers(tmp_path):
     rec = export.export_minilm(tmp_path)
-    import coremltools as ct
+    ct = export.coremltools()
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 

@@ -7,7 +7,8 @@ import SimpleITK as sitk
 from conftest import shared
 
 from kneeflow import phantom
-from kneeflow.inference import MEDIAL_LATERAL, assign_medial_lateral, sliding_window
+from kneeflow.inference import sliding_window
+from kneeflow.postprocess import MEDIAL_LATERAL, assign_medial_lateral
 from kneeflow.labels import CANONICAL, PYMSKT, remap_to_canonical
 
 

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import to_itk
 
-from kneeflow import io
+from kneeflow import io, qc
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +33,12 @@ def test_real_mese_geometry_and_echo_times(mese_scan):
 
 
 def test_ingest_writes_image_qc_and_echoes(tmp_path, mese_dir):
-    rec = io.ingest(mese_dir, tmp_path / "image.nii.gz", tmp_path / "qc.json", out_echoes=tmp_path / "echoes.nii.gz")
-    qc = json.loads((tmp_path / "qc.json").read_text())
-    assert qc == json.loads(json.dumps(rec, default=float)) or qc["size"] == rec["size"]
-    assert qc["size"] == [256, 256, 24] and qc["n_echoes"] == 8
-    assert len(qc["orientation"]) == 3
-    assert qc["intensity_percentiles"]["p99"] > qc["intensity_percentiles"]["p50"]
+    rec = qc.ingest(mese_dir, tmp_path / "image.nii.gz", tmp_path / "qc.json", out_echoes=tmp_path / "echoes.nii.gz")
+    rec_qc = json.loads((tmp_path / "qc.json").read_text())
+    assert rec_qc == json.loads(json.dumps(rec, default=float)) or rec_qc["size"] == rec["size"]
+    assert rec_qc["size"] == [256, 256, 24] and rec_qc["n_echoes"] == 8
+    assert len(rec_qc["orientation"]) == 3
+    assert rec_qc["intensity_percentiles"]["p99"] > rec_qc["intensity_percentiles"]["p50"]
     e = sitk.ReadImage(str(tmp_path / "echoes.nii.gz"))
     assert e.GetNumberOfComponentsPerPixel() == 8
     assert json.loads((tmp_path / "echoes.json").read_text())["echo_times_ms"][0] == pytest.approx(6.312)
@@ -227,7 +227,7 @@ def test_ingest_leaves_no_partial_output(tmp_path):
     bad = _truncated(tmp_path)
     out = tmp_path / "out"
     with pytest.raises(io.InputError):
-        io.ingest(bad, out / "image.nii.gz", out / "qc.json")
+        qc.ingest(bad, out / "image.nii.gz", out / "qc.json")
     assert not (out / "image.nii.gz").exists() and not (out / "qc.json").exists()
 
 

@@ -48,56 +48,162 @@ def scans(tmp_path_factory):
     return d
 
 
-@pytest.mark.slow
-def test_workflow_backend_gives_nnunets_own_labels(tiny, scans, tmp_path):
-    import SimpleITK as sitk
+def _predict_files(folder, scans, out, prev=None):
+    """nnU-Net's own path: nnUNetPredictor.predict_from_files on a folder of scans (mirroring off on
+    both sides, as the public pipeline runs it), with the checkpoint kneeflow picks by default."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     import torch
 
-    from kneeflow.inference import BONE_LABELS, keep_largest_components
-
-    # nnU-Net's own path: predict_from_files on the folder of scans
-    ref_dir = tmp_path / "nnunet_out"
-    # mirroring off on both sides: nnU-Net mirrors along all 3 axes (8 passes), which only costs CI time here
     pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                            perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
-    pred.initialize_from_trained_model_folder(str(tiny), use_folds=(0,), checkpoint_name="checkpoint_final.pth")
-    pred.predict_from_files(str(scans), str(ref_dir), save_probabilities=False, overwrite=True,
-                            num_processes_preprocessing=1, num_processes_segmentation_export=1)
-    # our back end, loaded once, in-process: nnU-Net's raw labels identical
-    seg = nnunet.NnunetSegmenter(tiny, folds=[0], device="cpu", mirror=False)
-    refs = {}
-    for i in range(2):
-        img = sitk.ReadImage(str(scans / f"scan{i}_0000.nii.gz"))
-        ours = seg.predict_array(sitk.GetArrayFromImage(img), img.GetSpacing()[::-1])
-        refs[i] = sitk.GetArrayFromImage(sitk.ReadImage(str(ref_dir / f"scan{i}.nii.gz")))
-        assert ours.shape == refs[i].shape
-        assert np.array_equal(ours, refs[i]), f"scan{i}: {np.mean(ours != refs[i]) * 100:.4f} % voxels differ"
+    pred.initialize_from_trained_model_folder(str(folder), use_folds=(0,),
+                                              checkpoint_name=nnunet.default_checkpoint(Path(folder), [0]))
+    pred.predict_from_files(str(scans), str(out), save_probabilities=False, overwrite=True,
+                            num_processes_preprocessing=1, num_processes_segmentation_export=1,
+                            folder_with_segs_from_prev_stage=str(prev) if prev else None)
 
-    # the same model through the workflow (segment rule, nnunet back end, one job for both scans)
+
+def _in_layout(scans, out, layout):
+    """The scans written again in ``layout`` (the physical images unchanged)."""
+    import SimpleITK as sitk
+
+    from kneeflow.orientation import reorient
+
+    out.mkdir(parents=True, exist_ok=True)
+    for f in sorted(scans.glob("*.nii.gz")):
+        sitk.WriteImage(reorient(sitk.ReadImage(str(f)), layout), str(out / f.name))
+    return out
+
+
+def _run_workflow(tmp_path, scans, entry, extra_rows=()):
+    """Segment the scans (and ``extra_rows``: (sample, image path)) through the workflow's segment rule."""
     sheet = tmp_path / "sheet.tsv"
-    rows = ["sample\tside\timage\tsplit"] + [f"scan{i}\tright\t{scans / f'scan{i}_0000.nii.gz'}\ttest" for i in range(2)]
-    sheet.write_text("\n".join(rows) + "\n")
+    rows = [(f"scan{i}", scans / f"scan{i}_0000.nii.gz") for i in range(2)] + list(extra_rows)
+    sheet.write_text("sample\tside\timage\tsplit\n" + "".join(f"{s}\tright\t{p}\ttest\n" for s, p in rows))
     cfg = {"samples": str(sheet), "allowed_roots": [str(scans), str(tmp_path)],
            "thickness": {"activate": False, "ray_in_mm": 2.5, "ray_out_mm": 10.0},
            "t2": {"activate": False, "method": "loglinear"}, "figures": {"activate": False},
-           "segmentation": {"activate": True, "batch_size": 8, "mirror": False,
-                            "models": {"tiny": {"nnunet": {"folder": str(tiny), "folds": [0]}}}}}
+           "segmentation": {"activate": True, "batch_size": 8, "models": {"tiny": entry}}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    (tmp_path / "config").mkdir()
+    (tmp_path / "config").mkdir(exist_ok=True)
     (tmp_path / "config" / "config.yaml").write_text((ROOT / "config" / "config.yaml").read_text())
-    targets = [f"results/scan{i}/labels/tiny.nii.gz" for i in range(2)]
+    targets = [f"results/{s}/labels/tiny.nii.gz" for s, _ in rows]
     r = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "-s", str(ROOT / "Snakefile"), "-d",
                         str(tmp_path), "--configfile", str(tmp_path / "cfg.yaml"), "--cores", "2", *targets],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    return [tmp_path / t for t in targets]
+
+
+@pytest.mark.slow
+def test_workflow_backend_gives_nnunets_own_labels(tiny, scans, tmp_path):
+    import SimpleITK as sitk
+
+    from kneeflow.postprocess import clean_labels
+    from kneeflow.orientation import DOSMA_SAGITTAL, reorient
+
+    # as published: checkpoint_best.pth (nnU-Net writes it), no mirroring
+    assert nnunet.default_checkpoint(tiny, [0]) == "checkpoint_best.pth"
+    ref_dir = tmp_path / "nnunet_out"
+    _predict_files(tiny, scans, ref_dir)
+    # our back end, loaded once, in-process: nnU-Net's raw labels identical
+    seg = nnunet.NnunetSegmenter(tiny, folds=[0], device="cpu")
+    assert seg.checkpoint == "checkpoint_best.pth" and not seg.predictor.use_mirroring
     for i in range(2):
-        got = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / targets[i])))
-        # the workflow maps nnU-Net's labels to canonical (identity here: canonical names) and keeps the
-        # largest component of each bone
-        assert np.array_equal(got, keep_largest_components(refs[i].astype(np.uint8), BONE_LABELS))
-    prov = json.loads((tmp_path / (targets[0] + ".prov.json")).read_text())
-    assert any("checkpoint_final.pth" in k for k in prov["weights_sha256"])
+        img = sitk.ReadImage(str(scans / f"scan{i}_0000.nii.gz"))
+        ours = seg.predict_array(sitk.GetArrayFromImage(img), img.GetSpacing()[::-1])
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(ref_dir / f"scan{i}.nii.gz")))
+        assert ours.shape == ref.shape
+        assert np.array_equal(ours, ref), f"scan{i}: {np.mean(ours != ref) * 100:.4f} % voxels differ"
+
+    # the workflow as the public pipeline runs the model: scans put in DOSMA's sagittal layout, nnU-Net,
+    # labels back on the scan's grid, every label's largest component and filled bones; the reference is
+    # nnU-Net's predict_from_files on the scans written in that layout
+    rip = _in_layout(scans, tmp_path / "rip", DOSMA_SAGITTAL)
+    _predict_files(tiny, rip, tmp_path / "rip_out")
+    # scan0 stored twice more, axially and flipped: the same labels in physical space
+    stored = _in_layout(scans, tmp_path / "axial", "PRS"), _in_layout(scans, tmp_path / "flipped", "RAI")
+    outs = _run_workflow(tmp_path, scans, {"nnunet": {"folder": str(tiny), "folds": [0]}},
+                         [("axial0", stored[0] / "scan0_0000.nii.gz"), ("flipped0", stored[1] / "scan0_0000.nii.gz")])
+    for i in range(2):
+        img = sitk.ReadImage(str(scans / f"scan{i}_0000.nii.gz"))
+        ref = sitk.ReadImage(str(tmp_path / "rip_out" / f"scan{i}.nii.gz"))
+        ref = sitk.GetArrayFromImage(reorient(ref, "LPS")).astype(np.uint8)
+        got = sitk.ReadImage(str(outs[i]))
+        assert got.GetSize() == img.GetSize() and got.GetDirection() == img.GetDirection()
+        assert np.array_equal(sitk.GetArrayFromImage(got), clean_labels(ref, "largest"))
+    base = sitk.ReadImage(str(outs[0]))
+    for out in outs[2:]:
+        phys = sitk.Resample(sitk.ReadImage(str(out)), base, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        assert np.array_equal(sitk.GetArrayFromImage(phys), sitk.GetArrayFromImage(base)), out
+    prov = json.loads(outs[0].with_name(outs[0].name + ".prov.json").read_text())
+    assert any("checkpoint_best.pth" in k for k in prov["weights_sha256"])
+
+
+@pytest.fixture(scope="module")
+def tiny_cascade(tmp_path_factory):
+    """A real nnU-Net v2 3d_lowres -> 3d_cascade_fullres pair (a few iterations each)."""
+    wd = tmp_path_factory.mktemp("cascade")
+    saved = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    folders = train_tiny(wd, cascade=True)
+    yield folders
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.mark.slow
+def test_cascade_gives_nnunets_own_labels(tiny_cascade, scans, tmp_path):
+    """lowres -> cascade: the workflow's labels equal nnU-Net's predict_from_files with the lowres
+    prediction as the previous stage, voxel for voxel."""
+    import SimpleITK as sitk
+
+    from kneeflow.postprocess import clean_labels
+    from kneeflow.orientation import DOSMA_SAGITTAL, reorient
+
+    lowres, cascade = tiny_cascade
+    assert json.loads((cascade / "plans.json").read_text())["configurations"]["3d_cascade_fullres"]["previous_stage"] \
+        == "3d_lowres"
+    rip = _in_layout(scans, tmp_path / "rip", DOSMA_SAGITTAL)
+    _predict_files(lowres, rip, tmp_path / "low_out")
+    _predict_files(cascade, rip, tmp_path / "cascade_out", prev=tmp_path / "low_out")
+    entry = {"nnunet": {"folder": str(cascade), "folds": [0], "previous_stage": {"folder": str(lowres), "folds": [0]}}}
+    outs = _run_workflow(tmp_path, scans, entry)
+    differs_from_lowres = False
+    for i in range(2):
+        ref = sitk.ReadImage(str(tmp_path / "cascade_out" / f"scan{i}.nii.gz"))
+        ref = sitk.GetArrayFromImage(reorient(ref, "LPS")).astype(np.uint8)
+        got = sitk.GetArrayFromImage(sitk.ReadImage(str(outs[i])))
+        assert len(np.unique(ref)) >= 3  # a comparison of many labels, not of two empty maps
+        assert np.array_equal(got, clean_labels(ref, "largest")), f"scan{i}"
+        low = sitk.GetArrayFromImage(reorient(sitk.ReadImage(str(tmp_path / "low_out" / f"scan{i}.nii.gz")), "LPS"))
+        differs_from_lowres |= not np.array_equal(ref, low)
+    assert differs_from_lowres  # the cascade's own prediction, not the lowres one passed through
+    prov = json.loads(outs[0].with_name(outs[0].name + ".prov.json").read_text())
+    assert any("3d_lowres" in k for k in prov["weights_sha256"]) and any("cascade" in k for k in prov["weights_sha256"])
+
+
+def test_public_label_names_map_to_ours():
+    public = {"background": 0, "patellar_cartilage": 1, "femoral_cartilage": 2, "medial_tibial_cartilage": 3,
+              "lateral_tibial_cartilage": 4, "medial_meniscus": 5, "lateral_meniscus": 6, "femur_bone": 7,
+              "tibia_bone": 8, "patella_bone": 9}
+    from kneeflow.labels import CANONICAL
+
+    assert nnunet.label_mapping({"labels": public}, convention="strict") == {
+        v: (CANONICAL[nnunet.NAME_ALIASES.get(k, k)] if k != "background" else 0) for k, v in public.items()}
+    swapped = {**public, "femur_bone": 9, "patella_bone": 7}
+    assert nnunet.label_mapping({"labels": swapped}, convention="strict")[9] == CANONICAL["femur"]
+
+
+def test_default_checkpoint_prefers_best(tmp_path):
+    (tmp_path / "fold_1").mkdir()
+    (tmp_path / "fold_1" / "checkpoint_final.pth").write_bytes(b"x")
+    assert nnunet.default_checkpoint(tmp_path) == "checkpoint_final.pth"
+    (tmp_path / "fold_1" / "checkpoint_best.pth").write_bytes(b"x")
+    assert nnunet.default_checkpoint(tmp_path) == "checkpoint_best.pth"
+    assert nnunet.default_checkpoint(tmp_path, [1]) == "checkpoint_best.pth"
 
 
 def test_model_folder_errors(tmp_path):

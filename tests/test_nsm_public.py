@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from kneeflow import bscore, nsm_recipe, shape
+from kneeflow import alignment, bscore, nsm_recipe, shape, surface
 from kneeflow.triplanar import build_triplanar
 from conftest import SHARED
 from fixtures import synthetic_femur
@@ -116,9 +116,9 @@ def _input_knee(model, latent, mirror=False):
     """The reconstruction of a latent, placed in scanner mm by a known similarity (8 degrees, 40 mm/unit)."""
     th = np.radians(8)
     rz = [[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1]]
-    al = shape.Alignment(mirror, [10.0, -20.0, 30.0], rz, 1 / 40, [0.0, 0.0, 0.0])
+    al = alignment.Alignment(mirror, [10.0, -20.0, 30.0], rz, 1 / 40, [0.0, 0.0, 0.0])
     pts, tris = shape.reconstruct(model, latent, al, resolution=96)
-    return shape.make_poly(pts, tris)
+    return surface.make_poly(pts, tris)
 
 
 def test_public_recipe_recovers_a_latents_own_reconstruction(small_public_model):

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from kneeflow.samples import SampleSheetError, load_samples
+from kneeflow.workflow.samples import SampleSheetError, load_samples
 
 HEADER = "sample\tsubject\tside\timage\tsequence\tlabels\tlabel_convention\n"
 
@@ -98,7 +98,7 @@ def test_paths_outside_the_working_directory_stay_absolute(tmp_path):
 
 
 def test_id_pattern_only_when_it_gives_every_path():
-    from kneeflow.samples import id_pattern
+    from kneeflow.workflow.samples import id_pattern
 
     assert id_pattern({"k1": "data/k1.nii.gz", "k2": "data/k2.nii.gz"}) == "data/{sample}.nii.gz"
     assert id_pattern({"k1": "/d/k1/k1_T2.nii.gz", "k22": "/d/k22/k22_T2.nii.gz"}) == "/d/{sample}/{sample}_T2.nii.gz"

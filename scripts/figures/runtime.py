@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from kneeflow import figures
-from kneeflow.rule import run
+from kneeflow.workflow.rule import run
 
 
 def main(sm):

@@ -6,7 +6,7 @@ import pandas as pd
 from vtk.util import numpy_support as ns
 
 from kneeflow import figures, mesh
-from kneeflow.rule import run
+from kneeflow.workflow.rule import run
 
 
 def main(sm):

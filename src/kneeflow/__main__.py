@@ -1,5 +1,5 @@
-"""``python -m kneeflow``: the ``kneeflow`` command (see :mod:`kneeflow.cli`)."""
+"""``python -m kneeflow``: the ``kneeflow`` command (see :mod:`kneeflow.workflow.cli`)."""
 
-from kneeflow.cli import main
+from kneeflow.workflow.cli import main
 
 main()

@@ -6,7 +6,7 @@ nothing at all.
 
 from __future__ import annotations
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "write_table"]
 
 import os
 import shutil
@@ -32,3 +32,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def write_table(df, path: str, sep: str = ",", float_format: str | None = "%.6g") -> None:
+    """Write a table atomically (temp file + rename); floats to 6 significant digits by default."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep=sep, index=False, float_format=float_format)

@@ -18,7 +18,7 @@ CoreML-safe rewrites (:func:`coreml_safe`), each checked to be exact in PyTorch 
 
 from __future__ import annotations
 
-__all__ = ["ExportError", "MINILM_SENTENCES", "NOT_ON_LINUX", "compare", "coreml_predict", "coreml_safe",
+__all__ = ["ExportError", "MINILM_SENTENCES", "NOT_ON_LINUX", "compare", "coreml_predict", "coreml_safe", "coremltools",
            "export_coreml", "export_minilm", "export_nnunet", "export_onnx", "export_segmentation",
            "minilm_dir", "minilm_module", "require_parity", "run_onnx", "segmentation_metadata"]
 
@@ -37,6 +37,29 @@ from kneeflow.optional import require
 
 log = logging.getLogger(__name__)
 
+
+def coremltools():
+    """coremltools, imported without TensorFlow.
+
+    coremltools imports TensorFlow when it is installed (for its TensorFlow converter, which kneeflow
+    does not use); with TensorFlow loaded first, torch's triton then crashes the process when torch
+    compiles or traces. TensorFlow is installed beside torch for DOSMA's models (which run in their
+    own processes), so it is hidden from coremltools' import.
+    """
+    import sys
+
+    if "coremltools" in sys.modules:
+        return sys.modules["coremltools"]
+    hidden = "tensorflow" not in sys.modules
+    if hidden:
+        sys.modules["tensorflow"] = None  # `import tensorflow` raises ImportError inside coremltools
+    try:
+        return require("coremltools")
+    finally:
+        if hidden:
+            del sys.modules["tensorflow"]
+
+
 NOT_ON_LINUX = "not run: CoreML prediction needs macOS"
 
 
@@ -44,15 +67,11 @@ class ExportError(RuntimeError):
     """A conversion that failed; the message names the architecture, the format and the operator."""
 
 
-def _torch():
-    return require("torch")
-
-
 # ---------------------------------------------------------------------------------------------- rewrites
 
 
 def _flat_norm_cls():
-    torch = _torch()
+    torch = require("torch")
 
     class FlatGroupNorm(torch.nn.Module):
         """GroupNorm computed on (N, C, D*H*W): identical numbers, rank-3 graph."""
@@ -122,7 +141,7 @@ def coreml_safe(net, example=None, atol: float = 1e-5, rtol: float = 1e-5):
     """
     import copy
 
-    torch = _torch()
+    torch = require("torch")
     FlatGroupNorm, FlatInstanceNorm, CroppedCT = _flat_norm_cls()
     new = copy.deepcopy(net).eval()
     applied: list[str] = []
@@ -185,7 +204,7 @@ def export_onnx(net, example, path: str | os.PathLike, *, input_names=("image",)
     """Export with the TorchScript-based exporter and write ``metadata`` into the model's properties."""
     import onnx
 
-    torch = _torch()
+    torch = require("torch")
     path = Path(path)
     examples = example if isinstance(example, tuple) else (example,)
     t0 = time.perf_counter()
@@ -234,9 +253,9 @@ def _failing_op(err: Exception) -> str:
 def export_coreml(net, example, path: str | os.PathLike, *, precision: str = "fp32", input_names=("image",),
                   output_names=("logits",), metadata: dict | None = None, flexible: dict | None = None) -> dict:
     """torch.jit.trace -> coremltools mlprogram (.mlpackage). Raises ExportError naming the failing op."""
-    import coremltools as ct
+    ct = coremltools()
 
-    torch = _torch()
+    torch = require("torch")
     path = Path(path)
     examples = example if isinstance(example, tuple) else (example,)
     t0 = time.perf_counter()
@@ -268,7 +287,7 @@ def coreml_predict(ml, feeds: dict) -> tuple[dict | None, str]:
     """Predict with CoreML on macOS (CPU only, for parity); on other systems return (None, reason)."""
     if platform.system() != "Darwin":
         return None, NOT_ON_LINUX
-    import coremltools as ct
+    ct = coremltools()
 
     if not isinstance(ml, ct.models.MLModel):
         ml = ct.models.MLModel(str(ml), compute_units=ct.ComputeUnit.CPU_ONLY)
@@ -282,6 +301,8 @@ def segmentation_metadata(meta: dict, *, random_weights: bool = False) -> dict:
     from kneeflow import __version__
 
     return {"labels": meta.get("labels", {}), "spacing": meta.get("spacing"), "patch_size": meta.get("patch_size"),
+            # the orientation code of the arrays the network was trained on (kneeflow.preprocessing)
+            "layout": meta.get("layout"),
             "normalisation": meta.get("normalisation", "zscore"), "architecture": meta.get("arch", {}).get("name"),
             "kneeflow_version": __version__, "random_weights": random_weights,
             "spatial_divisor": meta.get("spatial_divisor", 16),
@@ -298,7 +319,7 @@ def export_segmentation(net, meta: dict, out_dir: str | os.PathLike, name: str, 
 
     Returns the parity record (also written to ``out_dir/parity.json``). Raises on any failure.
     """
-    torch = _torch()
+    torch = require("torch")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
@@ -403,7 +424,7 @@ def minilm_module(model_dir: str | os.PathLike):
     CoreML needs; transformers' own mask builder uses ops coremltools lacks), then mean pooling over
     the real tokens and L2 normalisation, as sentence-transformers does.
     """
-    torch = _torch()
+    torch = require("torch")
     from transformers import AutoModel
 
     bert = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
@@ -444,7 +465,7 @@ def minilm_module(model_dir: str | os.PathLike):
 def export_minilm(out_dir: str | os.PathLike, *, seq_len: int = 128, formats=("onnx", "coreml_fp32", "coreml_fp16"),
                   atol: float = 1e-5) -> dict:
     """ONNX + CoreML (fp32, fp16) of all-MiniLM-L6-v2 with the tokenizer files and a parity record."""
-    torch = _torch()
+    torch = require("torch")
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 
@@ -492,7 +513,7 @@ def export_minilm(out_dir: str | os.PathLike, *, seq_len: int = 128, formats=("o
         rec["artifacts"]["onnx"] = {"file": p.name, **info}
         if info["max_abs"] > atol or worst > atol:
             raise ExportError(f"MiniLM ONNX parity {max(info['max_abs'], worst):.3g} > {atol}")
-    import coremltools as ct
+    ct = coremltools()
 
     for prec in ("fp32", "fp16"):
         if f"coreml_{prec}" not in formats:
@@ -551,7 +572,7 @@ def export_nnunet(cfg: dict, out_dir: str | os.PathLike, name: str, *, size=None
     folder) and ``export_size`` (spatial size of the parity input; default: the plans' patch size).
     Without a checkpoint the weights are random and every artifact says so.
     """
-    torch = _torch()
+    torch = require("torch")
     from kneeflow import models
 
     plans = json.loads(Path(cfg["plans"]).read_text())
@@ -578,7 +599,7 @@ def export_nnunet(cfg: dict, out_dir: str | os.PathLike, name: str, *, size=None
 
 def _load_nnunet_checkpoint(path) -> dict:
     """The network weights of an nnU-Net ``checkpoint_final.pth`` (weights-only load; refuses code)."""
-    torch = _torch()
+    torch = require("torch")
     from kneeflow.nnunet import _numpy_data_globals
 
     try:

@@ -3,13 +3,15 @@
 The scan is resampled to the model's spacing, z-scored, predicted with a Gaussian-weighted sliding
 window (MONAI), optionally averaged with its medio-lateral mirror, and the class probabilities are
 resampled back onto the scan's own grid before the argmax, so the label map has exactly the input's
-geometry. Bones keep their largest connected component. On a GPU out-of-memory the window results are
+geometry. The scan is first put in the layout the network was trained in and the labels are brought
+back exactly (:func:`kneeflow.preprocessing.predict_in_layout`). The label map is then cleaned
+(:func:`kneeflow.postprocess.clean_labels`: by default the bones keep their largest component). On a GPU out-of-memory the window results are
 accumulated on the CPU instead (logged).
 """
 
 from __future__ import annotations
 
-__all__ = ["BONE_LABELS", "MEDIAL_LATERAL", "OnnxNet", "Segmenter", "assign_medial_lateral", "keep_largest_components",
+__all__ = ["BONE_LABELS", "OnnxNet", "Segmenter",
            "onnx_segmenter", "sliding_window"]
 
 import logging
@@ -17,6 +19,7 @@ import logging
 import numpy as np
 
 from kneeflow.labels import CANONICAL
+from kneeflow.postprocess import assign_medial_lateral, clean_labels
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +30,11 @@ class Segmenter:
     """A loaded network and its metadata (see :func:`kneeflow.models.load_model`)."""
 
     def __init__(self, net, meta: dict, device: str = "cpu", mirror: bool = True, overlap: float = 0.5,
-                 sw_batch_size: int = 2):
+                 sw_batch_size: int = 2, clean: str = "bones"):
         import torch
 
         self.torch = torch
+        self.clean = clean  # the label map's clean-up (kneeflow.postprocess.clean_labels)
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.meta = meta
@@ -76,9 +80,17 @@ class Segmenter:
     def predict(self, image, side: str | None = None):
         """Label map (SimpleITK, uint8, canonical labels) on ``image``'s own grid.
 
+        The scan is first reoriented to the layout the network was trained in (``meta["layout"]``,
+        recorded by training and export) and the labels brought back onto the scan's grid, so a knee
+        stored with permuted or flipped axes is segmented as the network learned it.
         With ``side`` ("left"/"right") medial and lateral tibial cartilage and menisci are assigned by
         which side of the tibial midline they lie on (:func:`assign_medial_lateral`).
         """
+        from kneeflow.orientation import predict_in_layout
+
+        return predict_in_layout(lambda im: self._predict(im, side), image, self.meta.get("layout"))
+
+    def _predict(self, image, side):
         import SimpleITK as sitk
 
         from kneeflow.preprocessing import normalise, resample_to_spacing
@@ -93,7 +105,7 @@ class Segmenter:
                 pc.CopyInformation(work)
                 chans.append(sitk.GetArrayFromImage(sitk.Resample(pc, img, sitk.Transform(), sitk.sitkLinear, 0.0)))
             probs = np.stack(chans)
-        lab = keep_largest_components(np.argmax(probs, axis=0).astype(np.uint8), BONE_LABELS)
+        lab = clean_labels(np.argmax(probs, axis=0).astype(np.uint8), self.clean)
         if side is not None:
             lab = assign_medial_lateral(lab, img, side)
         out = sitk.GetImageFromArray(lab)
@@ -139,7 +151,7 @@ class OnnxNet:
 
 def onnx_segmenter(path, device: str = "cpu", **kw) -> Segmenter:
     """A :class:`Segmenter` running an exported ONNX model; its metadata (labels, spacing, patch size,
-    normalisation) is read from the file, as kneeflow's export writes it."""
+    normalisation, the layout it was trained in) is read from the file, as kneeflow's export writes it."""
     import json
 
     import onnx
@@ -149,6 +161,7 @@ def onnx_segmenter(path, device: str = "cpu", **kw) -> Segmenter:
     if missing:
         raise ValueError(f"{path}: ONNX model lacks kneeflow metadata {missing} (export it with kneeflow)")
     meta = {k: json.loads(props[k]) for k in ("patch_size", "spacing", "labels") if k in props}
+    meta["layout"] = props.get("layout") if props.get("layout") not in (None, "", "null") else None
     meta["medial_lateral"] = props.get("medial_lateral", "model")
     if props.get("random_weights") == "true":
         log.warning("%s carries RANDOM weights (an architecture-only export)", path)
@@ -204,58 +217,3 @@ def sliding_window(x, patch, predictor, step: float = 0.5, batch: int = 2, out_d
     return acc
 
 
-def keep_largest_components(lab: np.ndarray, labels) -> np.ndarray:
-    """Keep only the largest 26-connected component of each label in ``labels``."""
-    from scipy import ndimage
-
-    out = lab.copy()
-    for c in labels:
-        m = out == c
-        if not m.any():
-            continue
-        cc, n = ndimage.label(m, structure=np.ones((3, 3, 3)))
-        if n > 1:
-            sizes = np.bincount(cc.ravel())
-            sizes[0] = 0
-            out[m & (cc != int(np.argmax(sizes)))] = 0
-    return out
-
-
-#: (medial, lateral) label pairs that :func:`assign_medial_lateral` reassigns
-MEDIAL_LATERAL = ((CANONICAL["medial_tibial_cartilage"], CANONICAL["lateral_tibial_cartilage"]),
-                  (CANONICAL["medial_meniscus"], CANONICAL["lateral_meniscus"]))
-
-
-def assign_medial_lateral(lab: np.ndarray, image, side: str, slab_mm: float = 20.0) -> np.ndarray:
-    """Medial vs lateral tibial cartilage and menisci from anatomy instead of the network's guess.
-
-    The split is the patient left-right position (LPS x) of the tibial plateau's centre: the mean x of
-    the tibia's top ``slab_mm``. For a right knee medial is towards the patient's left (+x), for a
-    left knee towards the right. A network trained with left-right flips sees both knees as one and
-    can only guess medial from lateral in a patch; the union of each pair it segments well.
-    ``lab`` is a (z, y, x) array on ``image``'s grid; returns a new array.
-    """
-    if side not in ("left", "right"):
-        raise ValueError(f"side must be 'left' or 'right' to assign medial/lateral, got {side!r}")
-    tibia = np.nonzero(lab == CANONICAL["tibia"])
-    if not len(tibia[0]):
-        log.warning("no tibia in the prediction: medial/lateral labels left as predicted")
-        return lab
-    d = np.asarray(image.GetDirection(), float).reshape(3, 3) * np.asarray(image.GetSpacing(), float)
-    org = np.asarray(image.GetOrigin(), float)
-
-    def phys(idx, axis):  # LPS coordinate ``axis`` of array indices (z, y, x)
-        return org[axis] + d[axis, 0] * idx[2] + d[axis, 1] * idx[1] + d[axis, 2] * idx[0]
-
-    sup = phys(tibia, 2)
-    top = sup >= sup.max() - slab_mm
-    mid = float(phys(tuple(i[top] for i in tibia), 0).mean())
-    out = lab.copy()
-    for med, lat in MEDIAL_LATERAL:
-        idx = np.nonzero((lab == med) | (lab == lat))
-        if not len(idx[0]):
-            continue
-        x = phys(idx, 0)
-        medial = x > mid if side == "right" else x < mid
-        out[idx] = np.where(medial, med, lat).astype(lab.dtype)
-    return out

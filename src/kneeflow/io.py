@@ -1,4 +1,4 @@
-"""Reading scans (DICOM folders, NIfTI, NRRD), checking them, and writing images and QC records.
+"""Reading scans (DICOM folders, NIfTI, NRRD), checking them, and writing images and JSON (QC: kneeflow.qc).
 
 Everything is read into SimpleITK images in LPS scanner coordinates (ITK's convention): origin and
 direction cosines are kept, so outputs overlay the input in 3D Slicer. Errors are ``InputError`` (a
@@ -7,9 +7,9 @@ direction cosines are kept, so outputs overlay the input in 3D Slicer. Errors ar
 
 from __future__ import annotations
 
-__all__ = ["IMAGE_SUFFIXES", "InputError", "Scan", "check_geometry", "has_image_suffix", "ingest",
-           "load_label_map", "orientation_code", "qc_record", "read_dicom_folder", "read_echoes",
-           "read_scan", "read_volume", "same_geometry", "write_image", "write_json"]
+__all__ = ["IMAGE_SUFFIXES", "InputError", "Scan", "check_geometry", "echoes_sidecar", "has_image_suffix",
+           "load_label_map", "read_dicom_folder", "read_echoes", "read_scan", "read_volume", "same_geometry",
+           "write_image", "write_json"]
 
 import json
 import logging
@@ -49,9 +49,6 @@ class Scan:
     series: dict = field(default_factory=dict)
 
 
-def _sitk():
-    return require("SimpleITK")
-
 
 def has_image_suffix(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_SUFFIXES)
@@ -84,7 +81,7 @@ def check_geometry(img, path: str | os.PathLike, *, what: str = "image") -> None
 
 def read_volume(path: str | os.PathLike, *, what: str = "image"):
     """Read a NIfTI/NRRD/MHA file as a checked 3-D SimpleITK image (pixel type kept)."""
-    sitk = _sitk()
+    sitk = require("SimpleITK")
     p = Path(path)
     if not p.exists():
         raise InputError(p, f"{what} file does not exist")
@@ -188,7 +185,7 @@ def read_dicom_folder(folder: str | os.PathLike, series_uid: str | None = None) 
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    sitk = _sitk()
+    sitk = require("SimpleITK")
     folder = Path(folder)
     headers = []
     for f in _dicom_files(folder):
@@ -324,7 +321,7 @@ def read_echoes(path: str | os.PathLike, echo_times_ms: list[float] | None = Non
         if scan.echoes is None:
             raise InputError(p, f"expected a multi-echo series but found one echo ({scan.echo_times_ms} ms)")
         return scan.echoes, scan.echo_times_ms
-    sitk = _sitk()
+    sitk = require("SimpleITK")
     if not p.exists():
         raise InputError(p, "echo series does not exist")
     if p.stat().st_size == 0:
@@ -344,7 +341,7 @@ def read_echoes(path: str | os.PathLike, echo_times_ms: list[float] | None = Non
     if img.GetNumberOfComponentsPerPixel() < 2:
         raise InputError(p, "echo series has a single echo; T2 needs at least two")
     if echo_times_ms is None:
-        side = _sidecar(p)
+        side = echoes_sidecar(p)
         if side is None or not side.exists():
             raise InputError(p, "echo times unknown: put {'echo_times_ms': [...]} in a .json beside the file")
         echo_times_ms = json.loads(side.read_text()).get("echo_times_ms")
@@ -360,7 +357,7 @@ def read_echoes(path: str | os.PathLike, echo_times_ms: list[float] | None = Non
     return img, tes
 
 
-def _sidecar(p: Path) -> Path | None:
+def echoes_sidecar(p: Path) -> Path | None:
     name = p.name
     for suf in IMAGE_SUFFIXES:
         if name.lower().endswith(suf):
@@ -370,7 +367,7 @@ def _sidecar(p: Path) -> Path | None:
 
 def read_scan(image: str | os.PathLike, echoes: str | os.PathLike | None = None) -> Scan:
     """Read and check a sample's image (file or DICOM folder) and optional separate echo series."""
-    sitk = _sitk()
+    sitk = require("SimpleITK")
     p = Path(image)
     if p.is_dir():
         scan = read_dicom_folder(p)
@@ -390,38 +387,9 @@ def read_scan(image: str | os.PathLike, echoes: str | os.PathLike | None = None)
     return scan
 
 
-def orientation_code(img) -> str:
-    sitk = _sitk()
-    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection())
-
-
-def qc_record(scan: Scan) -> dict:
-    """Geometry, intensity and echo summary of a scan (what qc.json holds)."""
-    sitk = _sitk()
-    arr = sitk.GetArrayViewFromImage(scan.image)
-    pct = np.percentile(arr, [1, 5, 50, 95, 99]).tolist()
-    rec = {
-        "source": scan.source,
-        "size": list(scan.image.GetSize()),
-        "spacing_mm": [round(float(s), 6) for s in scan.image.GetSpacing()],
-        "origin_mm": [round(float(s), 4) for s in scan.image.GetOrigin()],
-        "direction": [round(float(s), 6) for s in scan.image.GetDirection()],
-        "orientation": orientation_code(scan.image),
-        "intensity_percentiles": dict(zip(["p1", "p5", "p50", "p95", "p99"], [round(float(x), 4) for x in pct])),
-        "echo_times_ms": [round(t, 4) for t in scan.echo_times_ms],
-        "n_echoes": len(scan.echo_times_ms) if scan.echoes is not None else (1 if scan.echo_times_ms else 0),
-        "series": scan.series,
-        "warnings": list(scan.warnings),
-    }
-    if scan.echoes is not None:
-        rec["echo_size"] = list(scan.echoes.GetSize())
-        rec["echo_spacing_mm"] = [round(float(s), 6) for s in scan.echoes.GetSpacing()]
-    return rec
-
-
 def write_image(img, path: str | os.PathLike) -> None:
     """Write atomically (temp file + rename) so a killed job leaves no partial file."""
-    sitk = _sitk()
+    sitk = require("SimpleITK")
     path = Path(path)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     with atomic_path(path, suffix) as tmp:
@@ -439,21 +407,6 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def ingest(image: str | os.PathLike, out_image: str | os.PathLike, out_qc: str | os.PathLike,
-           echoes: str | os.PathLike | None = None, out_echoes: str | os.PathLike | None = None) -> dict:
-    """Ingest one sample: checked image.nii.gz (+ echoes.nii.gz + .json) and qc.json."""
-    scan = read_scan(image, echoes)
-    if out_echoes is not None and scan.echoes is None:
-        raise InputError(image, "the sample is marked multi-echo (sequence mese or an `echoes` column) but only one echo was found")
-    write_image(scan.image, out_image)
-    if out_echoes is not None:
-        write_image(scan.echoes, out_echoes)
-        write_json({"echo_times_ms": scan.echo_times_ms}, _sidecar(Path(out_echoes)))
-    rec = qc_record(scan)
-    write_json(rec, out_qc)
-    return rec
 
 
 def same_geometry(a, b, tol_mm: float = 1e-3) -> str | None:
@@ -476,7 +429,7 @@ def load_label_map(path: str | os.PathLike, convention: dict, reference=None):
     """
     from kneeflow.labels import remap_to_canonical
 
-    sitk = _sitk()
+    sitk = require("SimpleITK")
     img = read_volume(path, what="label map")
     pid = img.GetPixelID()
     if pid in (sitk.sitkFloat32, sitk.sitkFloat64):

@@ -29,9 +29,6 @@ class MeshError(ValueError):
     """A structure cannot be meshed (empty, touching the border, ...)."""
 
 
-def _sitk():
-    return require("SimpleITK")
-
 
 def index_to_physical(img) -> tuple[np.ndarray, np.ndarray]:
     """Return (A, b) so that physical = A @ (i, j, k) + b for an ITK image (LPS mm)."""
@@ -48,7 +45,7 @@ def physical_to_index(img, pts: np.ndarray) -> np.ndarray:
 
 def binary_mask(labels_img, values, *, name: str = "structure", source: str = ""):
     """uint8 SimpleITK mask of the voxels whose label is in ``values``; MeshError when empty."""
-    sitk = _sitk()
+    sitk = require("SimpleITK")
     arr = sitk.GetArrayViewFromImage(labels_img)
     m = np.isin(arr, list(values)).astype(np.uint8)
     if not m.any():
@@ -66,7 +63,7 @@ def crop_shaft(mask_img, bone: str, percent_width: float = 1.0):
     """
     if bone not in ("femur", "tibia"):
         return mask_img
-    sitk = _sitk()
+    sitk = require("SimpleITK")
     arr = sitk.GetArrayFromImage(mask_img)  # (k, j, i)
     kji = np.argwhere(arr > 0)
     a, b = index_to_physical(mask_img)
@@ -85,7 +82,7 @@ def crop_shaft(mask_img, bone: str, percent_width: float = 1.0):
 
 
 def _crop_to_mask(mask_img, margin_mm: float):
-    sitk = _sitk()
+    sitk = require("SimpleITK")
     arr = sitk.GetArrayViewFromImage(mask_img)
     nz = np.argwhere(arr > 0)
     lo, hi = nz.min(0), nz.max(0)
@@ -104,7 +101,7 @@ def smooth_mask(mask_img, variance_mm2: float):
     The crop keeps a zero border, so a structure that touches the image border is closed by it;
     that case is logged because the surface there is the border, not anatomy.
     """
-    sitk = _sitk()
+    sitk = require("SimpleITK")
     roi, touching = _crop_to_mask(mask_img, 4.0 * np.sqrt(variance_mm2))
     if touching:
         log.warning("structure touches the image border; its surface is closed along the border")
@@ -120,7 +117,7 @@ def iso_surface(field_img, level: float = 0.5):
     import vtk
     from vtk.util import numpy_support as ns
 
-    sitk = _sitk()
+    sitk = require("SimpleITK")
     arr = sitk.GetArrayViewFromImage(field_img)  # (k, j, i): i fastest in C order, as VTK wants
     img = vtk.vtkImageData()
     img.SetDimensions(arr.shape[2], arr.shape[1], arr.shape[0])
@@ -170,7 +167,7 @@ def project_to_level(field_img, pts: np.ndarray, level: float = 0.5, iterations:
     """Move points onto the ``level`` iso-surface of a smooth field (Newton steps along the gradient)."""
     from scipy.ndimage import map_coordinates
 
-    sitk = _sitk()
+    sitk = require("SimpleITK")
     arr = sitk.GetArrayViewFromImage(field_img)
     a, b = index_to_physical(field_img)
     h = 0.25 * float(min(field_img.GetSpacing()))

@@ -21,14 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kneeflow.optional import require
-from kneeflow.provenance import sha256 as file_sha256  # noqa: F401 - one hashing function, re-exported
-from kneeflow.runtime import resolve_device  # noqa: F401 - re-exported
+from kneeflow.checksum import sha256 as file_sha256  # noqa: F401 - one hashing function, re-exported
+from kneeflow.device import resolve_device  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-
-def _torch():
-    return require("torch")
 
 
 # ---------------------------------------------------------------------------------------------- builders
@@ -131,7 +128,7 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | os.PathLike, state_dict: dict, meta: dict, extra: dict | None = None) -> None:
     """Write atomically: tensors + a JSON string (weights-only loadable)."""
-    torch = _torch()
+    torch = require("torch")
     from kneeflow.atomic import atomic_path
 
     with atomic_path(path) as tmp:
@@ -144,7 +141,7 @@ def load_checkpoint(path: str | os.PathLike, sha256: str | None = None, map_loca
     A pickle that needs code to load (anything but tensors, numbers, strings and containers) is
     refused, as is a file whose checksum differs from the one the config gives.
     """
-    torch = _torch()
+    torch = require("torch")
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: checkpoint not found")

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kneeflow.shape import (Alignment, ShapeError, ShapeModel, _icp_similarity, make_poly, mesh_arrays,
-                            signed_distance, surface_distance)
+from kneeflow.alignment import Alignment, _icp_similarity
+from kneeflow.bscore import ShapeError
+from kneeflow.shape import ShapeModel
+from kneeflow.surface import make_poly, mesh_arrays, signed_distance, surface_distance
 
 log = logging.getLogger(__name__)
 

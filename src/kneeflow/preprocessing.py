@@ -1,4 +1,5 @@
-"""Preprocessing shared by training and inference: reading a case, resampling, intensity normalisation."""
+"""Preprocessing shared by training and inference: reading a case (in a model's layout, see
+:mod:`kneeflow.orientation`), resampling, intensity normalisation."""
 
 from __future__ import annotations
 
@@ -6,15 +7,21 @@ __all__ = ["normalise", "read_case", "resample_to_spacing"]
 
 import numpy as np
 
+from kneeflow.orientation import reorient
 
-def read_case(image: str, labels: str | None, spacing=None):
-    """Image (z-scored float32) and labels (uint8) as (z, y, x) arrays, resampled to ``spacing``."""
+
+def read_case(image: str, labels: str | None, spacing=None, layout: str | None = None):
+    """Image (z-scored float32) and labels (uint8) as (z, y, x) arrays, in ``layout`` when given,
+    resampled to ``spacing``."""
     import SimpleITK as sitk
 
     from kneeflow import io
 
     img = sitk.Cast(io.read_volume(image), sitk.sitkFloat32)
     lab = io.read_volume(labels, what="label map") if labels else None
+    if layout:
+        img = reorient(img, layout)
+        lab = reorient(lab, layout) if lab is not None else None
     if spacing is not None:
         img = resample_to_spacing(img, spacing, sitk.sitkLinear)
         if lab is not None:

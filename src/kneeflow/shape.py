@@ -24,12 +24,10 @@ score = (z . v - mean_healthy) / std_healthy.
 
 from __future__ import annotations
 
-__all__ = ["Alignment", "CHECKPOINT_NAME", "CONFIG_NAME", "CONFIG_NAMES", "FitResult", "ShapeError",
-           "ShapeModel", "align", "bscore", "build_decoder", "check_surface", "find_checkpoint",
-           "find_config", "fit", "fit_bscore", "load_bscore_model", "load_model", "load_surface",
-           "make_poly", "mesh_arrays", "prepare", "public_surfaces", "reconstruct", "sample_on_surface",
-           "save_bscore_model", "save_model", "save_public", "sdf_samples", "signed_distance",
-           "surface_distance", "train"]
+__all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "CONFIG_NAMES", "FitResult", "ShapeError", "ShapeModel",
+           "bscore", "build_decoder", "find_checkpoint", "find_config", "fit", "fit_bscore",
+           "load_bscore_model", "load_model", "prepare", "public_surfaces", "reconstruct", "save_bscore_model",
+           "save_model", "save_public", "train"]
 
 import json
 import logging
@@ -41,259 +39,22 @@ from pathlib import Path
 
 import numpy as np
 
+from kneeflow.alignment import Alignment, align
 from kneeflow.bscore import (ShapeError, bscore, fit_bscore, load_bscore_model,  # noqa: F401 - re-exported
                              save_bscore_model)
 from kneeflow.optional import require
+from kneeflow.surface import load_surface, mesh_arrays, sample_on_surface, sdf_samples, signed_distance
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------- meshes
-
-
-def _vtk():
-    return require("vtk"), require("vtk.util.numpy_support")
-
-
-def load_surface(path: str | os.PathLike, *, closed: bool = True):
-    """Read a triangle mesh; refuse empty meshes (and open ones when ``closed``) with the file's name."""
-    from kneeflow.mesh import read_vtk
-
-    p = Path(path)
-    if not p.exists():
-        raise ShapeError(f"{p}: mesh not found")
-    try:
-        poly = read_vtk(p)
-    except Exception as e:  # noqa: BLE001 - reader errors vary
-        raise ShapeError(str(e) if str(p) in str(e) else f"{p}: unreadable mesh ({e})") from None
-    check_surface(poly, str(p), closed=closed)
-    return poly
-
-
-def check_surface(poly, where: str = "mesh", closed: bool = True) -> None:
-    vtk, _ = _vtk()
-    if poly is None or poly.GetNumberOfPoints() == 0 or poly.GetNumberOfCells() == 0:
-        raise ShapeError(f"{where}: empty mesh (no points or no triangles)")
-    if not closed:
-        return
-    fe = vtk.vtkFeatureEdges()
-    fe.SetInputData(poly)
-    fe.BoundaryEdgesOn()
-    fe.FeatureEdgesOff()
-    fe.ManifoldEdgesOff()
-    fe.NonManifoldEdgesOn()
-    fe.Update()
-    n = fe.GetOutput().GetNumberOfCells()
-    if n:
-        raise ShapeError(f"{where}: mesh is not closed ({n} boundary or non-manifold edges); "
-                         "signed distances need a watertight surface")
-
-
-def mesh_arrays(poly) -> tuple[np.ndarray, np.ndarray]:
-    """(points (n, 3) float64, triangles (m, 3) int64)."""
-    vtk, ns = _vtk()
-    tri = vtk.vtkTriangleFilter()
-    tri.SetInputData(poly)
-    tri.Update()
-    out = tri.GetOutput()
-    pts = ns.vtk_to_numpy(out.GetPoints().GetData()).astype(np.float64)
-    cells = ns.vtk_to_numpy(out.GetPolys().GetConnectivityArray()).reshape(-1, 3).astype(np.int64)
-    return pts, cells
-
-
-def make_poly(points: np.ndarray, triangles: np.ndarray):
-    vtk, ns = _vtk()
-    poly = vtk.vtkPolyData()
-    vp = vtk.vtkPoints()
-    vp.SetData(ns.numpy_to_vtk(np.ascontiguousarray(points, dtype=np.float64), deep=True))
-    poly.SetPoints(vp)
-    cells = vtk.vtkCellArray()
-    offsets = np.arange(0, 3 * len(triangles) + 1, 3, dtype=np.int64)
-    cells.SetData(ns.numpy_to_vtkIdTypeArray(offsets, deep=True),
-                  ns.numpy_to_vtkIdTypeArray(np.ascontiguousarray(triangles.ravel(), dtype=np.int64), deep=True))
-    poly.SetPolys(cells)
-    return poly
-
-
-def sample_on_surface(points: np.ndarray, tris: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Area-weighted uniform points on a triangle mesh."""
-    a, b, c = points[tris[:, 0]], points[tris[:, 1]], points[tris[:, 2]]
-    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
-    idx = rng.choice(len(tris), size=n, p=area / area.sum())
-    r1, r2 = rng.random(n), rng.random(n)
-    s = np.sqrt(r1)
-    return (1 - s)[:, None] * a[idx] + (s * (1 - r2))[:, None] * b[idx] + (s * r2)[:, None] * c[idx]
-
-
-def signed_distance(points: np.ndarray, tris: np.ndarray, query: np.ndarray, *, auto_orient: bool = True) -> np.ndarray:
-    """Signed distance of ``query`` to the mesh (negative inside), via VTK.
-
-    ``auto_orient`` orients the normals outward, which needs a closed surface; an open surface
-    (a clipped femur) keeps the winding of its triangles (outward for the workflow's meshes).
-    """
-    vtk, ns = _vtk()
-    poly = make_poly(points, tris)
-    normals = vtk.vtkPolyDataNormals()
-    normals.SetInputData(poly)
-    normals.ComputePointNormalsOn()
-    normals.ComputeCellNormalsOn()
-    normals.SetAutoOrientNormals(auto_orient)
-    normals.ConsistencyOn()
-    normals.SplittingOff()
-    normals.Update()
-    f = vtk.vtkImplicitPolyDataDistance()
-    f.SetInput(normals.GetOutput())
-    q = ns.numpy_to_vtk(np.ascontiguousarray(query, dtype=np.float64), deep=True)
-    out = vtk.vtkDoubleArray()
-    f.FunctionValue(q, out)
-    return ns.vtk_to_numpy(out).copy()
-
-
-def surface_distance(a_pts: np.ndarray, a_tris: np.ndarray, b_pts: np.ndarray, b_tris: np.ndarray,
-                     n: int = 20000, seed: int = 0) -> dict[str, float]:
-    """Symmetric surface distance between two meshes (points sampled on each, distance to the other)."""
-    rng = np.random.default_rng(seed)
-    da = np.abs(signed_distance(b_pts, b_tris, sample_on_surface(a_pts, a_tris, n, rng)))
-    db = np.abs(signed_distance(a_pts, a_tris, sample_on_surface(b_pts, b_tris, n, rng)))
-    return {"assd": float((da.mean() + db.mean()) / 2), "hd95": float(max(np.percentile(da, 95), np.percentile(db, 95))),
-            "max": float(max(da.max(), db.max()))}
-
-
-# ---------------------------------------------------------------------------------------------- alignment
-
-
-@dataclass
-class Alignment:
-    """model = scale * R @ (mirror * x - centre) + t; ``mirror`` flips x for left knees."""
-
-    mirror: bool
-    centre: list[float]
-    rotation: list[list[float]]
-    scale: float
-    translation: list[float]
-    residual: float = 0.0  # RMS distance of the aligned points to the reference surface (model units)
-    rotation_deg: float = 0.0
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64).copy()
-        if self.mirror:
-            x[:, 0] = -x[:, 0]
-        return self.scale * (x - np.asarray(self.centre)) @ np.asarray(self.rotation).T + np.asarray(self.translation)
-
-    def inverse(self, y: np.ndarray) -> np.ndarray:
-        y = (np.asarray(y, dtype=np.float64) - np.asarray(self.translation)) / self.scale
-        x = y @ np.asarray(self.rotation) + np.asarray(self.centre)
-        if self.mirror:
-            x[:, 0] = -x[:, 0]
-        return x
-
-    def flips_orientation(self) -> bool:
-        return bool(self.mirror)
-
-
-def _icp_similarity(source: np.ndarray, target: np.ndarray, iterations: int = 60, landmarks: int = 2000) -> np.ndarray:
-    """4x4 similarity that moves ``source`` points onto ``target`` points (VTK's ICP)."""
-    vtk, ns = _vtk()
-
-    def cloud(p):
-        poly = vtk.vtkPolyData()
-        vp = vtk.vtkPoints()
-        vp.SetData(ns.numpy_to_vtk(np.ascontiguousarray(p, dtype=np.float64), deep=True))
-        poly.SetPoints(vp)
-        verts = vtk.vtkVertexGlyphFilter()
-        verts.SetInputData(poly)
-        verts.Update()
-        return verts.GetOutput()
-
-    icp = vtk.vtkIterativeClosestPointTransform()
-    icp.SetSource(cloud(source))
-    icp.SetTarget(cloud(target))
-    icp.GetLandmarkTransform().SetModeToSimilarity()
-    icp.SetMaximumNumberOfIterations(iterations)
-    icp.SetMaximumNumberOfLandmarks(landmarks)
-    icp.StartByMatchingCentroidsOn()
-    icp.CheckMeanDistanceOn()
-    icp.SetMaximumMeanDistance(1e-7)
-    icp.Modified()
-    icp.Update()
-    m = icp.GetMatrix()
-    return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
-
-
-def align(points: np.ndarray, mirror: bool, reference: np.ndarray | None, *, unit_radius: float = 0.9,
-          max_residual: float = 0.06, max_rotation_deg: float = 40.0, where: str = "mesh") -> Alignment:
-    """Similarity-align a (mirrored) point cloud to ``reference`` (model-space points).
-
-    Without a reference the shape is only centred and scaled so its farthest point lies at
-    ``unit_radius`` (this is how the reference itself is made). A mesh that needs more than
-    ``max_rotation_deg`` of rotation or stays farther than ``max_residual`` (RMS, model units) from
-    the reference is refused: it is not in the reference pose (or not the same bone).
-    """
-    x = np.asarray(points, dtype=np.float64).copy()
-    if mirror:
-        x[:, 0] = -x[:, 0]
-    c = x.mean(axis=0)
-    radius = float(np.linalg.norm(x - c, axis=1).max())
-    if not np.isfinite(radius) or radius <= 0:
-        raise ShapeError(f"{where}: degenerate mesh (all points coincide)")
-    if reference is None:
-        return Alignment(mirror, c.tolist(), np.eye(3).tolist(), unit_radius / radius, [0.0, 0.0, 0.0])
-    ref_radius = float(np.sqrt(((reference - reference.mean(0)) ** 2).sum(1).mean()))
-    own_radius = float(np.sqrt(((x - c) ** 2).sum(1).mean()))
-    s0 = ref_radius / own_radius
-    y0 = (x - c) * s0 + reference.mean(0)
-    rng = np.random.default_rng(0)
-    sub = y0[rng.choice(len(y0), size=min(len(y0), 4000), replace=False)]
-    m = _icp_similarity(sub, reference)
-    a_lin, t_icp = m[:3, :3], m[:3, 3]
-    s_icp = float(np.cbrt(np.linalg.det(a_lin)))
-    r = a_lin / s_icp
-    u, _, vt = np.linalg.svd(r)  # nearest rotation
-    r = u @ vt
-    angle = float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1))))
-    scale = s0 * s_icp
-    t = s_icp * (reference.mean(0) @ r.T) + t_icp
-    al = Alignment(mirror, c.tolist(), r.tolist(), float(scale), t.tolist(), rotation_deg=angle)
-    y = al.forward(points)
-    from scipy.spatial import cKDTree
-
-    d, _ = cKDTree(reference).query(y[rng.choice(len(y), size=min(len(y), 4000), replace=False)])
-    al.residual = float(np.sqrt((d**2).mean()))
-    if angle > max_rotation_deg:
-        raise ShapeError(f"{where}: far from the reference pose (alignment needs a {angle:.0f} degree rotation, "
-                         f"more than {max_rotation_deg:.0f}); is this a femur in scanner orientation?")
-    if al.residual > max_residual:
-        raise ShapeError(f"{where}: far from the reference shape after alignment (RMS {al.residual:.3f} model units, "
-                         f"limit {max_residual}); is this the right bone, in the reference pose?")
-    return al
-
-
-# ---------------------------------------------------------------------------------------------- SDF samples
-
-
-def sdf_samples(points: np.ndarray, tris: np.ndarray, n: int, rng: np.random.Generator,
-                sigmas: tuple[float, ...] = (0.005, 0.025), uniform_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """Near-surface and uniform points (model space) with their signed distance to the mesh."""
-    n_uni = int(n * uniform_fraction)
-    n_near = n - n_uni
-    per = [n_near // len(sigmas)] * len(sigmas)
-    per[0] += n_near - sum(per)
-    q = [sample_on_surface(points, tris, k, rng) + rng.normal(0, s, size=(k, 3)) for k, s in zip(per, sigmas)]
-    q.append(rng.uniform(-1, 1, size=(n_uni, 3)))
-    q = np.concatenate(q)
-    return q.astype(np.float32), signed_distance(points, tris, q).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------- networks
 
 
-def _torch():
-    return require("torch")
-
 
 def build_decoder(cfg: dict):
     """The decoder a ``model_params_config``-style dict describes."""
-    torch = _torch()
+    torch = require("torch")
     nn = torch.nn
     kind = cfg.get("model_type", cfg.get("decoder", "deepsdf"))
     if kind == "triplanar":
@@ -359,7 +120,7 @@ class ShapeModel:
 
     def sdf(self, latents, points, *, chunk: int = 65536) -> np.ndarray:
         """Signed distances (B, N, n_surfaces), float32, of latents (B, L) at model-space points (N, 3)."""
-        torch = _torch()
+        torch = require("torch")
         dev = next(self.decoder.parameters()).device
         z = torch.as_tensor(np.atleast_2d(np.asarray(latents, dtype=np.float32)), device=dev)
         x = np.asarray(points, dtype=np.float32).reshape(-1, 3)
@@ -395,7 +156,7 @@ CHECKPOINT_NAME = "model.pth"
 
 
 def save_model(model: ShapeModel, folder: str | os.PathLike) -> None:
-    torch = _torch()
+    torch = require("torch")
     from kneeflow.atomic import atomic_path
     from kneeflow.io import write_json
 
@@ -410,7 +171,7 @@ def save_model(model: ShapeModel, folder: str | os.PathLike) -> None:
 
 def save_public(model: ShapeModel, folder: str | os.PathLike, epoch: int) -> Path:
     """Write a triplanar model in the public layout: ``model_params_config.json`` + ``model/<epoch>.pth``."""
-    torch = _torch()
+    torch = require("torch")
     from kneeflow.io import write_json
 
     folder = Path(folder)
@@ -470,9 +231,9 @@ def load_model(folder: str | os.PathLike, *, checkpoint: str | None = None, refe
     (relative to the folder) to its expected checksum; a mismatch is refused. Weights are loaded with
     ``weights_only=True``.
     """
-    from kneeflow.provenance import sha256 as file_sha256
+    from kneeflow.checksum import sha256 as file_sha256
 
-    torch = _torch()
+    torch = require("torch")
     folder = Path(folder)
     cfg_path = find_config(folder)
     try:
@@ -530,7 +291,7 @@ def load_model(folder: str | os.PathLike, *, checkpoint: str | None = None, refe
 def _seed(seed: int) -> None:
     import random
 
-    torch = _torch()
+    torch = require("torch")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -562,7 +323,7 @@ def prepare(poly_by_surface: dict[str, object], mirror: bool, reference: np.ndar
 def train(shapes: dict[str, dict[str, object]], sides: dict[str, str], cfg: dict, *, device: str = "cpu",
           progress=None) -> ShapeModel:
     """Train decoder + one latent per shape. ``shapes``: sample -> {surface name: closed mesh}."""
-    torch = _torch()
+    torch = require("torch")
     seed = int(cfg.get("seed", 0))
     _seed(seed)
     ids = sorted(shapes)
@@ -635,7 +396,7 @@ def fit(model: ShapeModel, knees: dict[str, dict[str, object]], sides: dict[str,
     Every knee has its own latent and its own early stop; the decoder is fixed. ``knees``: sample ->
     {surface: mesh} (same surfaces as the model). Deterministic for a given seed.
     """
-    torch = _torch()
+    torch = require("torch")
     _seed(seed)
     ids = sorted(knees)
     surfaces = model.cfg.get("surfaces", ["femur"])
@@ -699,7 +460,7 @@ def fit(model: ShapeModel, knees: dict[str, dict[str, object]], sides: dict[str,
 def reconstruct(model: ShapeModel, latent, alignment: Alignment | dict, *, resolution: int = 128, surface: int = 0,
                 device: str = "cpu"):
     """Marching cubes of the decoded SDF, mapped back to the input's coordinates: (points, triangles)."""
-    torch = _torch()
+    torch = require("torch")
     from skimage.measure import marching_cubes
 
     if isinstance(alignment, dict):

@@ -12,7 +12,7 @@ the same weights on CPU.
 
 from __future__ import annotations
 
-__all__ = ["PatchSampler", "TrainConfig", "deep_supervision_loss", "dice_per_label", "normalise",
+__all__ = ["PatchSampler", "TrainConfig", "deep_supervision_loss", "normalise",
            "read_case", "resample_to_spacing", "train"]
 
 import csv
@@ -28,6 +28,9 @@ import numpy as np
 
 from kneeflow.atomic import atomic_path
 from kneeflow.labels import CANONICAL
+from kneeflow.metrics import dice
+from kneeflow.io import read_volume
+from kneeflow.orientation import check_layout, layout_of
 from kneeflow.preprocessing import normalise, read_case, resample_to_spacing  # noqa: F401 - used and re-exported
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,9 @@ class TrainConfig:
     arch: dict
     patch_size: tuple[int, int, int] = (64, 64, 64)
     spacing: tuple[float, float, float] | None = None  # mm (x, y, z); None keeps each image's own grid
+    # orientation code every training case is put in (kneeflow.preprocessing; e.g. "LPS", "RIP");
+    # None: the first training image's; recorded in the checkpoint, so inference reorients scans to it
+    layout: str | None = None
     batch_size: int = 2
     epochs: int = 10
     iterations_per_epoch: int = 50
@@ -119,15 +125,6 @@ def deep_supervision_loss(outputs, target, loss_fn, weights):
     return total
 
 
-def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels) -> dict[int, float]:
-    out = {}
-    for c in labels:
-        a, b = pred == c, ref == c
-        s = a.sum() + b.sum()
-        out[int(c)] = float(2 * (a & b).sum() / s) if s else float("nan")
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -164,8 +161,10 @@ def train(train_cases: list[tuple[str, str]], val_cases: list[tuple[str, str]], 
     log.info("model %s: %s parameters", cfg.arch.get("name"), f"{n_parameters(net):,d}")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    layout = check_layout(cfg.layout) if cfg.layout else layout_of(read_volume(train_cases[0][0]))
     meta = {
         "arch": {**cfg.arch, "out_channels": cfg.num_classes},
+        "layout": layout,
         "label_convention": cfg.label_convention,
         "patch_size": list(cfg.patch_size),
         "spacing": list(cfg.spacing) if cfg.spacing else None,
@@ -200,9 +199,9 @@ def train(train_cases: list[tuple[str, str]], val_cases: list[tuple[str, str]], 
         metrics_path.unlink()
 
     t0 = time.perf_counter()
-    cases = [read_case(i, lbl, cfg.spacing)[:2] for i, lbl in train_cases]
+    cases = [read_case(i, lbl, cfg.spacing, layout)[:2] for i, lbl in train_cases]
     if cfg.medial_lateral == "side":
-        from kneeflow.inference import MEDIAL_LATERAL
+        from kneeflow.postprocess import MEDIAL_LATERAL
 
         for _, lab in cases:
             for med, lat in MEDIAL_LATERAL:
@@ -244,7 +243,7 @@ def train(train_cases: list[tuple[str, str]], val_cases: list[tuple[str, str]], 
             # with the knee's side, medial/lateral as inference assigns them (flips make them ambiguous)
             side = side[0] if side and side[0] in ("left", "right") and cfg.medial_lateral == "side" else None
             pred, ref = seg.predict_arrays(img_p, lab_p, side)
-            for c, d in dice_per_label(pred, ref, labels).items():
+            for c, d in dice(pred, ref, labels).items():
                 dices[c].append(d)
         names = {v: k for k, v in cfg.label_convention.items()}
         for c in labels:

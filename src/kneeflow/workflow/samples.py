@@ -20,7 +20,7 @@ PATH_COLUMNS = ("image", "echoes", "labels", "reference_labels")
 #: study-level folders under results/ that a sample id may not shadow
 RESERVED_IDS = {"models", "export", "tables", "figures", "demo", "logs", "benchmarks", "provenance", "report"}
 
-SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schemas" / "samples.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[3] / "config" / "schemas" / "samples.schema.yaml"
 
 
 class SampleSheetError(ValueError):
@@ -35,7 +35,7 @@ def sample_id_pattern(schema_path: str | os.PathLike | None = None) -> str:
 
 
 def _load_schema(schema_path: str | os.PathLike | None) -> dict:
-    from kneeflow.schema import load
+    from kneeflow.workflow.schema import load
 
     return load(schema_path or SCHEMA)
 
@@ -142,7 +142,7 @@ def validate_sheet(
         be missing now.
     conventions : known label-convention names.
     """
-    from kneeflow.schema import jsonschema
+    from kneeflow.workflow.schema import jsonschema
 
     sheet = Path(sheet)
     schema = _load_schema(schema_path)

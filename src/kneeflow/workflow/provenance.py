@@ -1,6 +1,6 @@
 """Provenance records: what produced a result, from what, with which code, packages and device.
 
-Every rule script (through :func:`kneeflow.rule.run`) writes ``<output>.prov.json`` beside each of
+Every rule script (through :func:`kneeflow.workflow.rule.run`) writes ``<output>.prov.json`` beside each of
 its outputs after success: the inputs' sha256, the rule's parameters and wildcards, the kneeflow
 version and git commit (and whether the tree was dirty), the versions of the packages loaded in the
 job, model weights' sha256 when the rule used any, and the device. ``results/provenance.tsv``
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import kneeflow
 from kneeflow.atomic import atomic_path
+from kneeflow.checksum import sha256
 
 #: distributions reported when their module was loaded by the job
 PACKAGES = {
@@ -38,19 +39,6 @@ PACKAGES = {
 LIB = Path(kneeflow.__file__).resolve().parent
 
 
-def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 of a file, or of a folder's files (sorted relative paths and contents)."""
-    p = Path(path)
-    h = hashlib.sha256()
-    if p.is_dir():
-        for f in sorted(x for x in p.rglob("*") if x.is_file() and not x.name.endswith(".prov.json")):
-            h.update(str(f.relative_to(p)).encode())
-            h.update(sha256(f).encode())
-        return h.hexdigest()
-    with open(p, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 #: `from kneeflow[.x] import a, b` (parentheses may span lines) and `import kneeflow.x`, anywhere in a file
@@ -68,16 +56,19 @@ def _kneeflow_imports(source: str) -> set[str]:
     for module, imported, plain in _IMPORT.findall(source):
         if plain:
             names.add(plain)
-        elif module == "kneeflow":  # `from kneeflow import io` imports the submodule kneeflow.io
-            names |= {f"kneeflow.{w.split()[0]}" for w in imported.strip("()").replace("\n", " ").split(",") if w.strip()}
-        else:
-            names.add(module)
+        else:  # `from kneeflow.workflow import cli` imports the submodule kneeflow.workflow.cli
+            for w in imported.strip("()").replace("\n", " ").split(","):
+                sub = f"{module}.{w.split()[0]}" if w.strip() else module
+                names.add(sub if _module_file(sub) is not None else module)
     return {n for n in names if _module_file(n) is not None}
 
 
 def _module_file(name: str) -> Path | None:
     """The source file of a kneeflow module (``kneeflow.x`` -> x.py, a package -> its __init__.py)."""
-    rel = Path(*name.split(".")[1:])
+    parts = name.split(".")[1:]
+    if not parts:
+        return LIB / "__init__.py"
+    rel = Path(*parts)
     for f in (LIB / rel.with_suffix(".py"), LIB / rel / "__init__.py"):
         if f.is_file():
             return f
@@ -102,7 +93,7 @@ def code_hash(*entries: str) -> str:
     of any kneeflow module the job imports (transitively) plans the job again, and no other edit does.
 
     An entry is a kneeflow module (``"kneeflow.thickness"``), a script (``"scripts/dice.py"``: its own
-    source and what it imports) or one function of a module (``"kneeflow.cli:thickness"``: the
+    source and what it imports) or one function of a module (``"kneeflow.workflow.cli:thickness"``: the
     module's own source, its module-level kneeflow imports and those inside that function).
     """
     files: dict[str, bytes] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["export_src_path", "one_line", "run", "write_table"]
+__all__ = ["export_src_path", "one_line", "run"]
 
 import logging
 import sys
@@ -14,7 +14,7 @@ def run(snakemake, main: Callable[[object], None]) -> None:
     """Run ``main(snakemake)`` with logging routed to ``snakemake.log[0]``.
 
     After success each output gets a provenance sidecar ``<output>.prov.json`` (see
-    :mod:`kneeflow.provenance`); ``main`` may return {weights file: sha256} to record, or a
+    :mod:`kneeflow.workflow.provenance`); ``main`` may return {weights file: sha256} to record, or a
     tuple (that dict, extra record fields).
 
     On failure the log and stderr get one line ``ERROR <rule> <wildcards>: <message>`` (the message
@@ -34,7 +34,7 @@ def run(snakemake, main: Callable[[object], None]) -> None:
         ret = main(snakemake)
         # main returns nothing, {weights file: sha256}, or (weights, extra fields of the record)
         weights, extra = ret if isinstance(ret, tuple) else (ret, {})
-        from kneeflow import provenance
+        from kneeflow.workflow import provenance
 
         rec = provenance.record(snakemake.rule, dict(snakemake.wildcards.items()), list(snakemake.input),
                                 dict(snakemake.params.items()), weights if isinstance(weights, dict) else None)
@@ -72,11 +72,3 @@ def export_src_path(src: str) -> None:
     # the `kneeflow` command of the per-sample rules: bin/kneeflow runs `python -m kneeflow` with the
     # first python on PATH (this one, or a job's conda env's), so no env needs kneeflow installed
     prepend("PATH", os.path.join(os.path.dirname(os.path.abspath(src)), "bin"))
-
-
-def write_table(df, path: str, sep: str = ",", float_format: str | None = "%.6g") -> None:
-    """Write a table atomically (temp file + rename); floats to 6 significant digits by default."""
-    from kneeflow.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, sep=sep, index=False, float_format=float_format)

@@ -52,7 +52,7 @@ def apply_defaults(config: dict, schema: dict) -> dict:
 
 
 #: the default config's path (beside this package in the repository)
-CONFIG_SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schemas" / "config.schema.yaml"
+CONFIG_SCHEMA = Path(__file__).resolve().parents[3] / "config" / "schemas" / "config.schema.yaml"
 
 
 def defaults(schema_path: str | os.PathLike | None = None) -> dict:

@@ -45,9 +45,9 @@ def phantom(a) -> dict:
 
 def ingest(a) -> dict:
     """A scan (DICOM folder, NIfTI or NRRD) -> checked --image (.nii.gz) and --qc record (.json)."""
-    from kneeflow import io
+    from kneeflow.qc import ingest as ingest_scan
 
-    rec = io.ingest(a.scan, a.image, a.qc)
+    rec = ingest_scan(a.scan, a.image, a.qc)
     for w in rec["warnings"]:
         logging.getLogger("ingest").warning("%s: %s", a.scan, w)
     return {}
@@ -78,7 +78,7 @@ def labels(a) -> dict:
 def thickness(a) -> dict:
     """Label map -> bone/cartilage meshes (--meshes folder, LPS mm) and the tidy thickness --table."""
     from kneeflow import io, mesh
-    from kneeflow.rule import write_table
+    from kneeflow.atomic import write_table
     from kneeflow.thickness import measure_knee
 
     lab = io.read_volume(a.labels, what="label map")
@@ -110,7 +110,7 @@ def t2(a) -> dict:
     import SimpleITK as sitk
 
     from kneeflow import io
-    from kneeflow.rule import write_table
+    from kneeflow.atomic import write_table
     from kneeflow.t2 import sample_t2
 
     tes = json.loads(Path(a.times).read_text())["echo_times_ms"]
@@ -153,26 +153,16 @@ def nsm_fit(a) -> dict:
     from kneeflow import shape
     from kneeflow.io import write_json
     from kneeflow.mesh import write_vtk
+    from kneeflow.nsm_fit import fit_knees
+    from kneeflow.surface import load_surface, make_poly
 
     model = shape.load_model(a.model)
-    knee = {k: shape.load_surface(Path(a.meshes) / f"{k}.vtk", closed=not model.public) for k in model.surfaces}
-    if model.public:
-        from kneeflow import nsm_recipe
-
-        res, prep = nsm_recipe.fit_public(model, {a.sample: knee}, {a.sample: a.side}, seed=a.seed)
-    else:
-        res = shape.fit(model, {a.sample: knee}, {a.sample: a.side}, seed=a.seed)
-    r = res[a.sample]
+    knee = {k: load_surface(Path(a.meshes) / f"{k}.vtk", closed=not model.public) for k in model.surfaces}
+    rec, recon = fit_knees(model, {a.sample: knee}, {a.sample: a.side}, fit={"seed": a.seed},
+                           resolution=a.resolution)[a.sample]
     out = Path(a.out)
-    recon = {}
     for j, k in enumerate(model.surfaces):
-        recon[k] = shape.reconstruct(model, r.latent, r.alignment, resolution=a.resolution, surface=j)
-        write_vtk(shape.make_poly(*recon[k]), out.with_name(f"nsm_recon{'' if j == 0 else '_' + k}.vtk"))
-    rec = {"sample": a.sample, "model": str(a.model), "latent": r.latent, "alignment": r.alignment,
-           "iterations": r.iterations, "loss": r.loss}
-    if model.public:
-        rec.update({"icp_transform": r.icp_transform, "centre": r.centre, "scale": r.scale,
-                    "assd": nsm_recipe.assd_per_surface(model, r, prep[a.sample], recon)})
+        write_vtk(make_poly(*recon[k]), out.with_name(f"nsm_recon{'' if j == 0 else '_' + k}.vtk"))
     write_json(rec, out)
     return {}
 
@@ -180,13 +170,14 @@ def nsm_fit(a) -> dict:
 def nsm_train(a) -> dict:
     """Train our shape model on knees' meshes -> --out folder (one latent per training knee)."""
     from kneeflow import shape
-    from kneeflow.schema import defaults
+    from kneeflow.surface import load_surface
+    from kneeflow.workflow.schema import defaults
 
     cfg = {**defaults()["shape"]["train"], **json.loads(a.settings)}
     if len(a.sides) != len(a.meshes):
         raise ValueError(f"{len(a.meshes)} meshes folders but {len(a.sides)} sides")
     ids = [Path(m).parent.name or f"knee{i}" for i, m in enumerate(a.meshes)]
-    knees = {s: {k: shape.load_surface(Path(m) / f"{k}.vtk") for k in cfg["surfaces"]} for s, m in zip(ids, a.meshes)}
+    knees = {s: {k: load_surface(Path(m) / f"{k}.vtk") for k in cfg["surfaces"]} for s, m in zip(ids, a.meshes)}
     shape.save_model(shape.train(knees, dict(zip(ids, a.sides)), cfg, device=a.device), a.out)
     return {}
 
@@ -258,7 +249,7 @@ def run_knee(a) -> dict:
         if a.bscore:
             cfg["shape"]["bscore_model"] = str(Path(a.bscore).resolve())
     (out / "run.yaml").write_text(yaml.safe_dump(cfg))
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     snakemake = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
     cmd = [snakemake, "-s", str(root / "Snakefile"), "-d", str(out), "--configfile", str(root / "config" / "config.yaml"),
            str(out / "run.yaml"), "--cores", str(a.cores)]
@@ -285,7 +276,7 @@ GROUP_HELP = {"segment": "Segmentation: collect one scan's labels from its batch
 
 
 def _parser() -> argparse.ArgumentParser:
-    from kneeflow.schema import defaults
+    from kneeflow.workflow.schema import defaults
 
     d = defaults()  # the config schema's defaults: one source for the workflow and the commands
     ap = argparse.ArgumentParser(prog="kneeflow", description=__doc__.splitlines()[0])
@@ -440,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         ret = a.fn(a) or {}
         if name != "run":
-            from kneeflow import provenance
+            from kneeflow.workflow import provenance
 
             def files(names):
                 vals = [getattr(a, k) for k in names]
@@ -459,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
             rec["resources"] = {k: getattr(a, k) for k in ("mem_mb", "runtime") if getattr(a, k) is not None}
             provenance.write_sidecars(rec, outputs)
     except Exception as e:  # noqa: BLE001 - reported in one line, then the command fails
-        from kneeflow.rule import one_line
+        from kneeflow.workflow.rule import one_line
 
         line = f"ERROR {name}{f' sample={sample}' if sample else ''}: {one_line(e)}"
         if a.log:

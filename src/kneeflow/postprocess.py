@@ -1,0 +1,163 @@
+"""Label maps after segmentation: clean-up (scipy.ndimage; 26-connectivity) and medial/lateral
+assignment from the anatomy.
+
+Modes (a model entry's ``clean``):
+
+* ``largest``: the public knee pipeline's: every label keeps its largest connected component, and
+  holes in the bones are filled. Right for maps where each structure is one piece; a cartilage plate
+  split by a full-thickness lesion loses its smaller part.
+* ``attached`` (kneeflow's default for its own models): bones keep their largest component and get
+  their holes filled; every other label keeps each component that touches its anchor (cartilage: its
+  bone; menisci: the tibia or the tibial cartilage) within ``margin`` voxels, so islands far from
+  their structure go and a plate in pieces stays. A label none of whose pieces touch keeps its
+  largest.
+* ``bones``: the bones' largest components only (nothing else touched).
+"""
+
+from __future__ import annotations
+
+__all__ = ["CLEAN_MODES", "MEDIAL_LATERAL", "anchors", "assign_medial_lateral", "clean_labels", "fill_holes",
+           "keep_attached", "keep_largest_components"]
+
+import logging
+
+import numpy as np
+
+from kneeflow.labels import BONE_CARTILAGE, BONES, CANONICAL
+
+log = logging.getLogger(__name__)
+
+CLEAN_MODES = ("largest", "attached", "bones")
+_STRUCTURE = np.ones((3, 3, 3), dtype=bool)
+
+
+def _box(mask: np.ndarray, margin: int = 0):
+    from scipy import ndimage
+
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, mask.shape))
+
+
+def keep_largest_components(lab: np.ndarray, labels) -> np.ndarray:
+    """Keep only the largest 26-connected component of each label in ``labels`` (others set to 0;
+    components tied for the largest are all kept, so the result does not depend on the axis order)."""
+    from scipy import ndimage
+
+    out = lab.copy()
+    for c in labels:
+        m = out == c
+        if not m.any():
+            continue
+        box = _box(m)  # label only inside the label's bounding box: a plate fills a small part of the scan
+        cc, n = ndimage.label(m[box], structure=_STRUCTURE)
+        if n > 1:
+            sizes = np.bincount(cc.ravel())
+            sizes[0] = 0
+            sub = out[box]
+            # components tied for the largest are all kept: which one comes first depends on the
+            # array's axis order, and the result must not depend on how the scan is stored
+            sub[m[box] & (sizes[cc] != sizes.max())] = 0
+    return out
+
+
+def fill_holes(lab: np.ndarray, labels) -> np.ndarray:
+    """Fill the background holes enclosed by each label in ``labels`` (voxels of other labels stay)."""
+    from scipy import ndimage
+
+    out = lab.copy()
+    for c in labels:
+        m = out == c
+        if not m.any():
+            continue
+        box = _box(m)
+        filled = ndimage.binary_fill_holes(m[box])
+        sub = out[box]
+        sub[filled & (sub == 0)] = c
+    return out
+
+
+def anchors() -> dict[int, tuple[int, ...]]:
+    """{label: the labels it must touch}: each cartilage its bone, each meniscus the tibia or its cartilage."""
+    out = {CANONICAL[c]: (CANONICAL[b],) for b, cs in BONE_CARTILAGE.items() for c in cs}
+    tibial = (CANONICAL["tibia"], CANONICAL["medial_tibial_cartilage"], CANONICAL["lateral_tibial_cartilage"])
+    for m in ("medial_meniscus", "lateral_meniscus"):
+        out[CANONICAL[m]] = tibial
+    return out
+
+
+def keep_attached(lab: np.ndarray, label_anchors: dict[int, tuple[int, ...]], margin: int = 2) -> np.ndarray:
+    """Keep the components of each label that come within ``margin`` voxels of one of its anchors."""
+    from scipy import ndimage
+
+    out = lab.copy()
+    for c, anchor in label_anchors.items():
+        m = out == c
+        if not m.any():
+            continue
+        box = _box(m, margin)
+        cc, n = ndimage.label(m[box], structure=_STRUCTURE)
+        if n <= 1:
+            continue
+        near = ndimage.binary_dilation(np.isin(out[box], anchor), structure=_STRUCTURE, iterations=margin)
+        keep = np.unique(cc[near & (cc > 0)])
+        if keep.size == 0:  # nothing touches: keep the largest (all tied) rather than lose the structure
+            sizes = np.bincount(cc.ravel())
+            sizes[0] = 0
+            keep = np.flatnonzero(sizes == sizes.max())
+        sub = out[box]
+        sub[m[box] & ~np.isin(cc, keep)] = 0
+    return out
+
+
+def clean_labels(lab: np.ndarray, mode: str = "largest", labels=None) -> np.ndarray:
+    """Clean a canonical label map (see the module's modes); ``labels``: the values ``largest`` treats
+    (default: 1-9)."""
+    bones = [CANONICAL[b] for b in BONES]
+    if mode == "bones":
+        return keep_largest_components(lab, bones)
+    if mode == "largest":
+        return fill_holes(keep_largest_components(lab, labels if labels is not None else range(1, 10)), bones)
+    if mode == "attached":
+        # the bones first: their clean shapes are the anchors of the rest
+        return keep_attached(fill_holes(keep_largest_components(lab, bones), bones), anchors())
+    raise ValueError(f"unknown clean-up {mode!r}; one of {CLEAN_MODES}")
+
+
+#: (medial, lateral) label pairs that :func:`assign_medial_lateral` reassigns
+MEDIAL_LATERAL = ((CANONICAL["medial_tibial_cartilage"], CANONICAL["lateral_tibial_cartilage"]),
+                  (CANONICAL["medial_meniscus"], CANONICAL["lateral_meniscus"]))
+
+
+def assign_medial_lateral(lab: np.ndarray, image, side: str, slab_mm: float = 20.0) -> np.ndarray:
+    """Medial vs lateral tibial cartilage and menisci from anatomy instead of the network's guess.
+
+    The split is the patient left-right position (LPS x) of the tibial plateau's centre: the mean x of
+    the tibia's top ``slab_mm``. For a right knee medial is towards the patient's left (+x), for a
+    left knee towards the right. A network trained with left-right flips sees both knees as one and
+    can only guess medial from lateral in a patch; the union of each pair it segments well.
+    ``lab`` is a (z, y, x) array on ``image``'s grid; returns a new array.
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right' to assign medial/lateral, got {side!r}")
+    tibia = np.nonzero(lab == CANONICAL["tibia"])
+    if not len(tibia[0]):
+        log.warning("no tibia in the prediction: medial/lateral labels left as predicted")
+        return lab
+    d = np.asarray(image.GetDirection(), float).reshape(3, 3) * np.asarray(image.GetSpacing(), float)
+    org = np.asarray(image.GetOrigin(), float)
+
+    def phys(idx, axis):  # LPS coordinate ``axis`` of array indices (z, y, x)
+        return org[axis] + d[axis, 0] * idx[2] + d[axis, 1] * idx[1] + d[axis, 2] * idx[0]
+
+    sup = phys(tibia, 2)
+    top = sup >= sup.max() - slab_mm
+    mid = float(phys(tuple(i[top] for i in tibia), 0).mean())
+    out = lab.copy()
+    for med, lat in MEDIAL_LATERAL:
+        idx = np.nonzero((lab == med) | (lab == lat))
+        if not len(idx[0]):
+            continue
+        x = phys(idx, 0)
+        medial = x > mid if side == "right" else x < mid
+        out[idx] = np.where(medial, med, lat).astype(lab.dtype)
+    return out

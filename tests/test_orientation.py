@@ -1,0 +1,169 @@
+"""Scans in any orientation: every model sees the layout it was trained in, and the labels come back
+exactly onto the scan's own grid (axes permuted and flipped, the physical image unchanged)."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from kneeflow import phantom
+from kneeflow.inference import Segmenter
+from kneeflow.postprocess import clean_labels, fill_holes, keep_largest_components
+from kneeflow.orientation import check_layout, dosma_layout, layout_of, predict_in_layout, reorient
+from kneeflow.preprocessing import read_case
+
+TINY = {"name": "mednext_custom", "init_filters": 4, "blocks_down": [1, 1, 1, 1], "blocks_bottleneck": 1,
+        "blocks_up": [1, 1, 1, 1], "kernel_size": 3, "deep_supervision": True}
+#: the layouts a knee is stored in by the tests: as synthesised, sagittal DOSMA, axial, flipped
+LAYOUTS = ("LPS", "RIP", "PRS", "RAI")
+
+
+def knee(seed=11, spacing=2.0, oblique_deg=0.0):
+    """A synthetic knee (image, labels) as SimpleITK images, optionally on an oblique grid."""
+    ph = phantom.synthesize(seed, "right", 0.3, spacing=spacing, mese=False)
+
+    def img(a, dtype):
+        im = sitk.GetImageFromArray(np.ascontiguousarray(a.transpose(2, 1, 0)).astype(dtype))
+        im.SetSpacing(ph.spacing)
+        im.SetOrigin(ph.origin)
+        if oblique_deg:
+            t = np.radians(oblique_deg)
+            r = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+            im.SetDirection(tuple(r.ravel()))
+        return im
+
+    return img(ph.image, np.float32), img(ph.labels, np.uint8)
+
+
+def on_grid(lab, ref):
+    """A label map resampled nearest-neighbour onto ``ref``'s grid (physical space)."""
+    return sitk.GetArrayFromImage(sitk.Resample(lab, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+
+
+def test_layout_codes():
+    assert dosma_layout(("LR", "SI", "AP")) == "RIP" and dosma_layout(["RL", "IS", "PA"]) == "LSA"
+    assert check_layout("ras") == "RAS"
+    for bad in ("LLS", "LP", "XYZ", None):
+        with pytest.raises(ValueError, match="not an orientation code"):
+            check_layout(bad)
+    with pytest.raises(ValueError, match="not a DOSMA orientation"):
+        dosma_layout(("LR", "SI", "XX"))
+    image, _ = knee()
+    assert layout_of(image) == "LPS"
+    for code in LAYOUTS:
+        r = reorient(image, code)
+        assert layout_of(r) == code
+        # the physical image is unchanged: back on the original grid it is the same array
+        assert np.array_equal(on_grid(sitk.Cast(r, sitk.sitkUInt8), sitk.Cast(image, sitk.sitkUInt8)),
+                              sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkUInt8)))
+
+
+@pytest.mark.parametrize("oblique", [0.0, 12.0])
+def test_predict_in_layout_returns_the_labels_on_the_scans_grid(oblique):
+    """The predictor sees the same array whatever the stored layout; the labels land on the scan's grid."""
+    image, labels = knee(oblique_deg=oblique)
+    seen = []
+
+    def predict(im):  # "segments" by returning the truth resampled into the layout it is given
+        seen.append(sitk.GetArrayFromImage(im))
+        out = sitk.Resample(labels, im, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        return out
+
+    for code in LAYOUTS:
+        stored = reorient(image, code)
+        got = predict_in_layout(predict, stored, "RIP")
+        assert got.GetSize() == stored.GetSize() and got.GetDirection() == stored.GetDirection()
+        assert got.GetOrigin() == stored.GetOrigin() and got.GetSpacing() == stored.GetSpacing()
+        assert np.array_equal(on_grid(got, labels), sitk.GetArrayFromImage(labels))
+    assert all(np.array_equal(s, seen[0]) for s in seen[1:])  # one array in the model's layout
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny network of ours trained (a few iterations) on two knees stored in different layouts."""
+    from kneeflow.training import TrainConfig, train
+
+    d = tmp_path_factory.mktemp("tiny")
+    cases = []
+    for i, code in enumerate(("LPS", "PRS")):
+        image, labels = knee(seed=30 + i)
+        sitk.WriteImage(reorient(image, code), str(d / f"im{i}.nii.gz"))
+        sitk.WriteImage(reorient(labels, code), str(d / f"lab{i}.nii.gz"))
+        cases.append((str(d / f"im{i}.nii.gz"), str(d / f"lab{i}.nii.gz")))
+    cfg = TrainConfig(arch=TINY, patch_size=(32, 32, 32), epochs=1, iterations_per_epoch=6, threads=2, seed=0,
+                      val_every=100)
+    train(cases, [], d / "model", cfg)
+    return d / "model" / "checkpoint.pt"
+
+
+def test_training_records_its_layout_and_reorients_cases(tiny_model, tmp_path):
+    from kneeflow.models import load_checkpoint
+
+    _, meta = load_checkpoint(tiny_model)
+    assert meta["layout"] == "LPS"  # the first training image's
+    image, labels = knee(seed=31)
+    sitk.WriteImage(reorient(image, "PRS"), str(tmp_path / "im.nii.gz"))
+    sitk.WriteImage(reorient(labels, "PRS"), str(tmp_path / "lab.nii.gz"))
+    arr, lab, _ = read_case(str(tmp_path / "im.nii.gz"), str(tmp_path / "lab.nii.gz"), layout="LPS")
+    assert np.array_equal(lab, sitk.GetArrayFromImage(labels))
+
+
+@pytest.mark.parametrize("oblique", [0.0, 12.0])
+def test_our_model_gives_the_same_labels_in_every_layout(tiny_model, oblique):
+    seg = Segmenter.from_checkpoint(tiny_model, mirror=False)
+    image, _ = knee(seed=40, oblique_deg=oblique)
+    ref = None
+    for code in LAYOUTS:
+        got = seg.predict(reorient(image, code), side="right")
+        assert got.GetSize() == reorient(image, code).GetSize()
+        phys = on_grid(got, image)
+        if ref is None:
+            ref = phys
+            assert len(np.unique(ref)) >= 3  # the network does predict structures
+        else:
+            assert np.mean(phys == ref) >= 0.999 and np.array_equal(phys, ref), code
+    # without the recorded layout the same network sees another array and its labels differ: the test can fail
+    seg.meta["layout"] = None
+    other = on_grid(seg.predict(reorient(image, "RAI"), side="right"), image)
+    assert not np.array_equal(other, ref)
+
+
+def test_onnx_export_carries_the_layout(tiny_model, tmp_path):
+    from kneeflow import export, models
+    from kneeflow.inference import onnx_segmenter
+
+    net, meta = models.load_model(tiny_model)
+    export.export_segmentation(net, meta, tmp_path, "tiny", size=(32, 32, 32), formats=("onnx",))
+    seg = onnx_segmenter(next(tmp_path.rglob("*.onnx")), mirror=False)
+    assert seg.meta["layout"] == "LPS"
+    image, _ = knee(seed=40)
+    a = on_grid(seg.predict(reorient(image, "RIP")), image)
+    b = on_grid(seg.predict(image), image)
+    assert np.array_equal(a, b)
+
+
+def test_clean_up_removes_islands_and_fills_bones():
+    _, labels = knee(seed=12, spacing=1.0)
+    ref = sitk.GetArrayFromImage(labels)
+    dirty = ref.copy()
+    dirty[1:4, 1:4, 1:4] = 2  # an island of femoral cartilage in a corner, far from the femur
+    dirty[1:4, -4:-1, -4:-1] = 1  # and of patellar cartilage
+    from scipy import ndimage
+
+    inner = np.argwhere(ndimage.binary_erosion(ref == 7, iterations=2))
+    z, y, x = inner[len(inner) // 2]
+    dirty[z, y, x] = 0  # a hole inside the femur
+    assert keep_largest_components(dirty, [2])[1:4, 1:4, 1:4].max() == 0
+    assert fill_holes(dirty, [7])[z, y, x] == 7
+    for mode in ("largest", "attached"):
+        cleaned = clean_labels(dirty, mode)
+        assert cleaned[1:4, 1:4, 1:4].max() == 0 and cleaned[1:4, -4:-1, -4:-1].max() == 0, mode
+        assert cleaned[z, y, x] == 7, mode
+    # the synthetic femoral cartilage is three plates (trochlea, two condyles): `largest` keeps one,
+    # `attached` keeps every plate on the femur, as it keeps a plate split by a full-thickness lesion
+    attached = clean_labels(dirty, "attached")
+    assert np.array_equal(attached, clean_labels(ref, "attached"))
+    assert (attached == 2).sum() == (ref == 2).sum()
+    assert (clean_labels(dirty, "largest") == 2).sum() < 0.6 * (ref == 2).sum()
+    assert np.array_equal(clean_labels(dirty, "bones")[1:4, 1:4, 1:4], dirty[1:4, 1:4, 1:4])
+    with pytest.raises(ValueError, match="unknown clean-up"):
+        clean_labels(dirty, "tidy")
