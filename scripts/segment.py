@@ -39,7 +39,7 @@ def load(sm):
             if sha and got != sha.lower():
                 raise models.CheckpointError(f"{f}: sha256 mismatch: expected {sha}, got {got}")
             seg, weights = onnx_segmenter(f, device=device, mirror=mirror, clean=clean), {f: got}
-        if entry.get("layout"):
+        if "layout" in entry:  # the entry's choice, `null` included (as stored)
             seg.meta["layout"] = parse_layout(entry["layout"])
         if not seg.meta.get("layout"):
             logging.getLogger("segment").warning(
