@@ -1,5 +1,6 @@
 """nnU-Net v2 back end: a tiny nnU-Net trained here, run through the workflow and through nnU-Net itself."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -17,18 +18,26 @@ from kneeflow import nnunet
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@contextlib.contextmanager
+def _nnunet_env():
+    """nnU-Net's folder variables (train_tiny sets them) restored afterwards."""
+    names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+    saved = {k: os.environ.get(k) for k in names}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A real nnU-Net v2 results folder (2 epochs x 20 iterations on 6 synthetic knees at 2 mm)."""
-    wd = tmp_path_factory.mktemp("nnunet")
-    saved = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    folder = train_tiny(wd)
-    yield folder
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with _nnunet_env():
+        yield train_tiny(tmp_path_factory.mktemp("nnunet"))
 
 
 @pytest.fixture(scope="module")
@@ -143,15 +152,8 @@ def test_workflow_backend_gives_nnunets_own_labels(tiny, scans, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_cascade(tmp_path_factory):
     """A real nnU-Net v2 3d_lowres -> 3d_cascade_fullres pair (a few iterations each)."""
-    wd = tmp_path_factory.mktemp("cascade")
-    saved = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    folders = train_tiny(wd, cascade=True)
-    yield folders
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with _nnunet_env():
+        yield train_tiny(tmp_path_factory.mktemp("cascade"), cascade=True)
 
 
 @pytest.mark.slow

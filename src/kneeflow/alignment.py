@@ -44,7 +44,7 @@ class Alignment:
 
 def _icp_similarity(source: np.ndarray, target: np.ndarray, iterations: int = 60, landmarks: int = 2000) -> np.ndarray:
     """4x4 similarity that moves ``source`` points onto ``target`` points (VTK's ICP)."""
-    vtk, ns = (require("vtk"), require("vtk.util.numpy_support"))
+    vtk, ns = require("vtk"), require("vtk.util.numpy_support")
 
     def cloud(p):
         poly = vtk.vtkPolyData()

@@ -32,7 +32,7 @@ def load_surface(path: str | os.PathLike, *, closed: bool = True):
 
 
 def check_surface(poly, where: str = "mesh", closed: bool = True) -> None:
-    vtk, _ = (require("vtk"), require("vtk.util.numpy_support"))
+    vtk, _ = require("vtk"), require("vtk.util.numpy_support")
     if poly is None or poly.GetNumberOfPoints() == 0 or poly.GetNumberOfCells() == 0:
         raise ShapeError(f"{where}: empty mesh (no points or no triangles)")
     if not closed:
@@ -52,7 +52,7 @@ def check_surface(poly, where: str = "mesh", closed: bool = True) -> None:
 
 def mesh_arrays(poly) -> tuple[np.ndarray, np.ndarray]:
     """(points (n, 3) float64, triangles (m, 3) int64)."""
-    vtk, ns = (require("vtk"), require("vtk.util.numpy_support"))
+    vtk, ns = require("vtk"), require("vtk.util.numpy_support")
     tri = vtk.vtkTriangleFilter()
     tri.SetInputData(poly)
     tri.Update()
@@ -63,7 +63,7 @@ def mesh_arrays(poly) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_poly(points: np.ndarray, triangles: np.ndarray):
-    vtk, ns = (require("vtk"), require("vtk.util.numpy_support"))
+    vtk, ns = require("vtk"), require("vtk.util.numpy_support")
     poly = vtk.vtkPolyData()
     vp = vtk.vtkPoints()
     vp.SetData(ns.numpy_to_vtk(np.ascontiguousarray(points, dtype=np.float64), deep=True))
@@ -92,7 +92,7 @@ def signed_distance(points: np.ndarray, tris: np.ndarray, query: np.ndarray, *, 
     ``auto_orient`` orients the normals outward, which needs a closed surface; an open surface
     (a clipped femur) keeps the winding of its triangles (outward for the workflow's meshes).
     """
-    vtk, ns = (require("vtk"), require("vtk.util.numpy_support"))
+    vtk, ns = require("vtk"), require("vtk.util.numpy_support")
     poly = make_poly(points, tris)
     normals = vtk.vtkPolyDataNormals()
     normals.SetInputData(poly)
