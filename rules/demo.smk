@@ -26,6 +26,7 @@ rule phantom:
             seed=lambda wc: int(row(wc)["seed"]),
             side=lambda wc: row(wc)["side"],
             oa_severity=lambda wc: float(row(wc)["oa_severity"] or 0.0),
+            lesions=lambda wc: row(wc).get("lesions") or "",
             spacing_mm=config["demo"]["spacing_mm"],
         ),
     shell:

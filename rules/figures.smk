@@ -39,6 +39,23 @@ rule fig_thickness_maps:
         "../scripts/figures/thickness_maps.py"
 
 
+rule fig_morphometrics:
+    input:
+        table="results/tables/morphometrics.csv",
+    output:
+        **fig_outputs("morphometrics_by_group"),
+    log:
+        "results/logs/figures/morphometrics_by_group.log",
+    localrule: True
+    conda:
+        "../envs/figures.yaml"
+    params:
+        code=script_code("figures/morphometrics"),
+        meta=lambda wc: sample_meta(),
+    script:
+        "../scripts/figures/morphometrics.py"
+
+
 rule fig_t2:
     input:
         table="results/tables/t2.csv",

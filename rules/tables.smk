@@ -23,6 +23,28 @@ rule table_thickness:
         "../scripts/aggregate.py"
 
 
+rule table_morphometrics:
+    input:
+        tables=lambda wc: [
+            f"results/{s}/morphometrics.csv" for s in IDS if has_any_labels(s)
+        ],
+    output:
+        table=report(
+            "results/tables/morphometrics.csv",
+            caption="../report/morphometrics.rst",
+            category="Tables",
+        ),
+    log:
+        "results/logs/tables/morphometrics.log",
+    localrule: True
+    conda:
+        "../envs/base.yaml"
+    params:
+        code=script_code("aggregate"),
+    script:
+        "../scripts/aggregate.py"
+
+
 rule table_t2:
     input:
         tables=lambda wc: [

@@ -8,6 +8,7 @@ def cohort_tables():
         t.append("results/tables/dice.csv")
     if config["thickness"]["activate"] and with_labels:
         t.append("results/tables/thickness.csv")
+        t.append("results/tables/morphometrics.csv")
     if config["t2"]["activate"] and any(has_echoes(s) for s in with_labels):
         t.append("results/tables/t2.csv")
     if any(has_image(s) for s in IDS):
@@ -57,7 +58,11 @@ def figure_targets():
     if "results/tables/bscore.csv" in cohort_tables():
         names.append("bscore")
     if "results/tables/thickness.csv" in cohort_tables():
-        names += ["thickness_by_group", "femoral_thickness_maps"]
+        names += [
+            "thickness_by_group",
+            "femoral_thickness_maps",
+            "morphometrics_by_group",
+        ]
     if "results/tables/t2.csv" in cohort_tables():
         names.append("t2_by_group")
     if TRAINED:

@@ -7,6 +7,9 @@ rule thickness:
     output:
         meshes=directory("results/{sample}/meshes"),
         table="results/{sample}/thickness.csv",
+        morphometrics="results/{sample}/morphometrics.csv",
+        subregions_std="results/{sample}/labels/subregions_std.nii.gz",
+        thickness_map="results/{sample}/thickness_map.nii.gz",
     log:
         "results/logs/thickness/{sample}.log",
     benchmark:
@@ -26,10 +29,13 @@ rule thickness:
             crop_shafts=config["mesh"]["crop_shafts"],
             ray_in_mm=config["thickness"]["ray_in_mm"],
             ray_out_mm=config["thickness"]["ray_out_mm"],
+            min_denuded_mm2=config["thickness"]["min_denuded_mm2"],
         ),
     shell:
         "kneeflow thickness --sample {wildcards.sample} {params.options}"
-        " --labels {input.labels:q} --meshes {output.meshes:q} --table {output.table:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime} --log {log:q}"
+        " --labels {input.labels:q} --meshes {output.meshes:q} --table {output.table:q}"
+        " --morphometrics {output.morphometrics:q} --subregions-std {output.subregions_std:q}"
+        " --thickness-map {output.thickness_map:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime} --log {log:q}"
 
 
 rule subregions:

@@ -105,6 +105,37 @@ def thickness_by_group(thickness: pd.DataFrame, samples: pd.DataFrame, out) -> p
     return data
 
 
+MORPHO_PLATES = ("MT", "LT", "cMF", "cLF", "TrF", "P")
+
+
+def morphometrics_by_group(morpho: pd.DataFrame, samples: pd.DataFrame, out) -> pd.DataFrame:
+    """Cartilage volume, covered bone area, mean thickness and denuded bone per plate, by group."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    style()
+    d = morpho[(morpho.subregion == "all") & morpho.plate.isin(MORPHO_PLATES)].dropna(subset=["value"])
+    d = _with_meta(d, samples)
+    panels = (("VC", "cartilage volume VC (mm³)"), ("cAB", "covered bone area cAB (mm²)"),
+              ("ThCcAB.Me", "mean thickness ThCcAB.Me (mm)"), ("dAB%", "denuded bone dAB% (% of tAB)"))
+    data = d[d.measure.isin([m for m, _ in panels])][["sample", "plate", "measure", "group", "value", "unit"]]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
+    order = [p for p in MORPHO_PLATES if p in set(d.plate)]
+    for ax, (measure, label) in zip(axes, panels):
+        s = d[d.measure == measure]
+        if s.empty or s.group.nunique() < 2:
+            no_data(ax, f"{measure} by group needs two groups (healthy and oa)")
+            continue
+        sns.boxplot(s, x="plate", y="value", hue="group", order=order, palette=PALETTE, ax=ax, fliersize=0,
+                    linewidth=0.8, legend=ax is axes[0])
+        sns.stripplot(s, x="plate", y="value", hue="group", order=order, palette=PALETTE, dodge=True, ax=ax,
+                      size=3, legend=False, edgecolor="k", linewidth=0.3)
+        ax.set(xlabel="plate", ylabel=label, title=measure)
+    fig.suptitle("Cartilage morphometrics by plate and group (Eckstein et al. 2006 nomenclature)")
+    save(fig, out, data)
+    return data
+
+
 def t2_by_group(t2: pd.DataFrame, samples: pd.DataFrame, out) -> pd.DataFrame:
     """Regional median T2 (ms), deep and superficial layers, by group."""
     import matplotlib.pyplot as plt

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 __all__ = ["BASE_T2_MS", "DESS_INTENSITY", "ECHO_TIMES_MS", "EDGE_FLOOR", "EDGE_TAPER_MM", "FOV_LOCAL",
            "KneeParams", "PD", "Phantom", "TIBIAL_SLOPE", "draw_params", "femur_labels", "femur_parts",
-           "femur_sdf", "main", "patella_geometry", "patella_sdf", "synthesize", "tibia_sdf", "write"]
+           "femur_sdf", "lesion_centre", "main", "parse_lesions", "patella_geometry", "patella_sdf", "synthesize",
+           "tibia_sdf", "write"]
 
 import argparse
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,8 @@ class KneeParams:
     shift: tuple[float, float, float]
     thick_base: dict[str, float] = field(default_factory=dict)
     thick_phase: tuple[float, ...] = ()
+    #: full-thickness lesions: plate (MT, LT, cMF, cLF) -> area (mm^2) of bone left bare
+    lesions: dict[str, float] = field(default_factory=dict)
 
     @property
     def wc_med(self) -> float:
@@ -257,6 +260,33 @@ def patella_sdf(p: KneeParams, u, v, w) -> np.ndarray:
 # Cartilage coverage and thickness fields, evaluated at bone-surface points.
 
 
+#: where each plate's lesion is centred (local frame, on the bone surface)
+LESION_PLATES = ("MT", "LT", "cMF", "cLF")
+
+
+def lesion_centre(p: KneeParams, plate: str) -> np.ndarray:
+    """The bone-surface point a lesion of ``plate`` is centred on: the middle of the tibial plate, or
+    the distal (weight-bearing) point of the femoral condyle."""
+    if plate in ("MT", "LT"):
+        uc = p.u_med if plate == "MT" else p.u_lat
+        return np.array([uc, p.v_cond, float(_plateau_top(p, np.float64(uc), np.float64(p.v_cond)))])
+    if plate in ("cMF", "cLF"):
+        uc, wc, r = (p.u_med, p.wc_med, p.r_med) if plate == "cMF" else (p.u_lat, p.wc_lat, p.r_lat)
+        return np.array([uc, p.v_cond, wc - r])
+    raise ValueError(f"lesions can be placed on {', '.join(LESION_PLATES)}, not {plate!r}")
+
+
+def _in_lesion(p: KneeParams, u, v, w, plates) -> np.ndarray:
+    """Bone-surface points inside a lesion (a ball of radius sqrt(area / pi) around its centre)."""
+    out = np.zeros(np.shape(u), dtype=bool)
+    for plate in plates:
+        area = p.lesions.get(plate, 0.0)
+        if area > 0:
+            c = lesion_centre(p, plate)
+            out |= (u - c[0]) ** 2 + (v - c[1]) ** 2 + (w - c[2]) ** 2 < area / np.pi
+    return out
+
+
 def _taper(edge_mm, width: float | None = None, floor: float | None = None):
     """Cartilage thins towards its margins: 1 inside, ``floor`` at the margin (smoothstep in between)."""
     width = EDGE_TAPER_MM if width is None else width
@@ -288,7 +318,7 @@ def _femoral_field(p: KneeParams, u, v, w, parts) -> tuple[np.ndarray, np.ndarra
     for name in ("osteophyte_med", "osteophyte_lat"):
         if name in parts:
             edge = np.minimum(edge, parts[name] - 0.5)
-    covered = near & (edge > 0)
+    covered = near & (edge > 0) & ~_in_lesion(p, u, v, w, ("cMF", "cLF"))
     base = p.thick_base["femoral"]
     t = base * (1 + 0.16 * np.sin(0.11 * v + ph[0]) * np.cos(0.09 * u + ph[1]) + 0.08 * np.sin(0.13 * w + ph[2]))
     medial = u > 0
@@ -306,7 +336,8 @@ def _tibial_field(p: KneeParams, u, v, w) -> tuple[np.ndarray, np.ndarray, np.nd
     t_med = t_med * (1 - 0.35 * p.oa) * _taper(e_med)
     t_lat = p.thick_base["tibial_lat"] * (1 + 0.15 * np.sin(0.2 * v + ph[5]) * np.cos(0.2 * u + ph[6]))
     t = np.where(u > 0, t_med, t_lat * _taper(e_lat))
-    return on_top & (e_med > 0), on_top & (e_lat > 0), t
+    return (on_top & (e_med > 0) & ~_in_lesion(p, u, v, w, ("MT",)),
+            on_top & (e_lat > 0) & ~_in_lesion(p, u, v, w, ("LT",)), t)
 
 
 def _patellar_field(p: KneeParams, u, v, w) -> tuple[np.ndarray, np.ndarray]:
@@ -378,12 +409,16 @@ def _shell(sdf_fn, field_fn, x, y, z, frame, shell_max=4.5, eps=0.05):
     return d, field_fn(pu, pv, pw)
 
 
-def _area_weighted_truth(mask_fn, field_fn, lo, hi, step=0.5):
-    """Area-weighted mean of the thickness field over the covered part of a bone surface.
+def _area_weighted_truth(mask_fn, field_fn, lo, hi, step=0.5, plain_field_fn=None):
+    """Truth per plate from the implicit surfaces, independent of the voxel grid.
 
-    ``mask_fn(u, v, w)`` is the bone SDF, evaluated on a fine local grid inside box [lo, hi];
-    the zero level set is triangulated by marching cubes and the field evaluated at the triangle
-    centroids. Returns {name: mean thickness (mm)} for each coverage mask ``field_fn`` gives.
+    ``mask_fn(u, v, w)`` is the bone SDF, evaluated on a fine local grid inside box [lo, hi]; the zero
+    level set is triangulated by marching cubes and the fields evaluated at the triangle centroids.
+    ``field_fn`` gives {plate: (covered, thickness)}; ``plain_field_fn`` the same without lesions (the
+    plate's whole extent). Returns {plate: {"thickness": area-weighted mean over the covered area (mm),
+    "tAB": plate extent (mm^2), "cAB": covered area (mm^2), "VC": cartilage volume (mm^3)}}. The volume
+    of the shell 0 < d <= t over the surface is the integral of t + H t^2 with H = (k1 + k2) / 2, the
+    mean curvature, taken as half the Laplacian of the SDF (the t^3 Gaussian-curvature term is < 0.3 %).
     """
     from skimage.measure import marching_cubes
 
@@ -395,10 +430,24 @@ def _area_weighted_truth(mask_fn, field_fn, lo, hi, step=0.5):
     tri = verts[faces]
     area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
     c = tri.mean(axis=1)
+    e = 0.4
+    f0 = mask_fn(c[:, 0], c[:, 1], c[:, 2])
+    lap = -6.0 * f0
+    for k in range(3):
+        d = np.zeros(3)
+        d[k] = e
+        lap = lap + mask_fn(*(c + d).T) + mask_fn(*(c - d).T)
+    mean_curv = np.clip(lap / e**2 / 2.0, -1.0, 1.0)  # 1/mm; clipped at the kinks where parts meet
+    plain = (plain_field_fn or field_fn)(c[:, 0], c[:, 1], c[:, 2])
     out = {}
     for name, (covered, t) in field_fn(c[:, 0], c[:, 1], c[:, 2]).items():
         wgt = area * covered
-        out[name] = float((wgt * t).sum() / wgt.sum()) if wgt.sum() > 0 else float("nan")
+        out[name] = {
+            "thickness": float((wgt * t).sum() / wgt.sum()) if wgt.sum() > 0 else float("nan"),
+            "tAB": float((area * plain[name][0]).sum()),
+            "cAB": float(wgt.sum()),
+            "VC": float((wgt * (t + mean_curv * t**2)).sum()),
+        }
     return out
 
 
@@ -426,6 +475,7 @@ def synthesize(
     mese: bool = True,
     mese_slice_mm: float = 2.1,
     snr: float = 40.0,
+    lesions: dict[str, float] | None = None,
 ) -> Phantom:
     """Synthesise one knee.
 
@@ -438,10 +488,19 @@ def synthesize(
     mese : also simulate a multi-echo spin-echo series (8 echoes, TE 10..80 ms) with sagittal
         slices ``mese_slice_mm`` thick (in-plane as ``spacing``).
     snr : signal-to-noise ratio of cartilage in the DESS image and in the first echo.
+    lesions : full-thickness cartilage lesions, plate -> area of bone left bare (mm^2) on ``MT``, ``LT``
+        (centred in the plate) or ``cMF``, ``cLF`` (centred on the condyle's distal point); a disc of
+        radius sqrt(area / pi) on the bone surface. truth.json records the plates' dAB%.
     """
     from scipy import ndimage
 
     p = draw_params(seed, side, oa)
+    if lesions:
+        for plate, area in lesions.items():
+            lesion_centre(p, plate)  # names the plate if it cannot hold a lesion
+            if not 0 <= float(area) <= 120.0:
+                raise ValueError(f"lesion area on {plate} must be in [0, 120] mm^2 (inside the plate), got {area}")
+        p = replace(p, lesions={k: float(v) for k, v in lesions.items()})
     sp = (float(spacing),) * 3 if np.isscalar(spacing) else tuple(float(s) for s in spacing)
     if min(sp) <= 0:
         raise ValueError(f"spacing must be positive, got {sp}")
@@ -525,28 +584,38 @@ def synthesize(
     counts = np.bincount(labels.ravel(), minlength=16)
     volumes = {name: float(counts[val] * vox) for name, val in CANONICAL.items()}
     hi_w = max(p.wc_med, p.wc_lat) + 30.0
-    fem_truth = _area_weighted_truth(
-        fem_sdf,
-        lambda a, b, c: {"femoral_cartilage": fem_field(a, b, c)},
-        (-40.0, -40.0, 0.0),
-        (40.0, 40.0, hi_w),
-        step=0.8,
-    )
+    bare = replace(p, lesions={})  # each plate's whole extent (tAB) ignores the lesions
 
-    def tib_fields(a, b, c):
-        med, lat, t = _tibial_field(p, a, b, c)
-        return {"medial_tibial_cartilage": (med, t), "lateral_tibial_cartilage": (lat, t)}
+    def fem_fields(q):
+        return lambda a, b, c: {"femoral_cartilage": _femoral_field(q, a, b, c, femur_parts(q, a, b, c))}
 
-    tib_truth = _area_weighted_truth(tib_sdf, tib_fields, (-42.0, -40.0, -12.0), (42.0, 35.0, 3.0), step=0.6)
+    def tib_fields(q):
+        def fields(a, b, c):
+            med, lat, t = _tibial_field(q, a, b, c)
+            return {"medial_tibial_cartilage": (med, t), "lateral_tibial_cartilage": (lat, t)}
+
+        return fields
+
+    def pat_fields(q):
+        return lambda a_, b_, c_: {"patellar_cartilage": _patellar_field(q, a_, b_, c_)}
+
     c, a = c_pat, a_pat
-    pat_truth = _area_weighted_truth(
-        pat_sdf,
-        lambda a_, b_, c_: {"patellar_cartilage": _patellar_field(p, a_, b_, c_)},
-        tuple(c - a - 2),
-        tuple(c + a + 2),
-        step=0.4,
-    )
-    thickness = {**fem_truth, **tib_truth, **pat_truth}
+    plates = {
+        **_area_weighted_truth(fem_sdf, fem_fields(p), (-40.0, -40.0, 0.0), (40.0, 40.0, hi_w), step=0.6,
+                               plain_field_fn=fem_fields(bare)),
+        **_area_weighted_truth(tib_sdf, tib_fields(p), (-42.0, -40.0, -12.0), (42.0, 35.0, 3.0), step=0.6,
+                               plain_field_fn=tib_fields(bare)),
+        **_area_weighted_truth(pat_sdf, pat_fields(p), tuple(c - a - 2), tuple(c + a + 2), step=0.4,
+                               plain_field_fn=pat_fields(bare)),
+    }
+    thickness = {k: v["thickness"] for k, v in plates.items()}
+    plate_code = {"femoral_cartilage": "F", "medial_tibial_cartilage": "MT", "lateral_tibial_cartilage": "LT",
+                  "patellar_cartilage": "P"}
+    morpho = {}
+    for name, v in plates.items():
+        t_ab = v["tAB"]
+        morpho[plate_code[name]] = {"VC": v["VC"], "tAB": t_ab, "cAB": v["cAB"],
+                                    "dAB%": 100.0 * (t_ab - v["cAB"]) / t_ab if t_ab > 0 else float("nan")}
 
     # ---- tissues for image synthesis
     cart = np.isin(labels, [1, 2, 3, 4])
@@ -585,6 +654,9 @@ def synthesize(
         "labels": dict(CANONICAL),
         "volumes_mm3": volumes,
         "thickness_mm": thickness,
+        # from the implicit surfaces (not the voxels): plate -> VC (mm^3), tAB, cAB (mm^2), dAB% (%)
+        "morphometrics": morpho,
+        "lesions_mm2": dict(p.lesions),
         "t2_ms": t2,
         "oa_severity": float(oa),
         "side": side,
@@ -658,6 +730,18 @@ def write(phantom: Phantom, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
+def parse_lesions(text: str) -> dict[str, float]:
+    """``"MT=40,cMF=30"`` -> {"MT": 40.0, "cMF": 30.0}; empty -> {}."""
+    out = {}
+    for item in filter(None, (t.strip() for t in (text or "").split(","))):
+        plate, _, area = item.partition("=")
+        try:
+            out[plate.strip()] = float(area)
+        except ValueError:
+            raise ValueError(f"lesion {item!r}: expected plate=area_mm2, e.g. MT=40") from None
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m kneeflow.phantom", description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, required=True)
@@ -665,10 +749,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--oa", type=float, default=0.0, help="OA severity in [0, 1]")
     ap.add_argument("--spacing", type=float, default=0.7, help="isotropic voxel size (mm)")
     ap.add_argument("--no-mese", action="store_true", help="skip the multi-echo series")
+    ap.add_argument("--lesions", default="", help="full-thickness lesions as plate=mm2,... (MT, LT, cMF, cLF)")
     ap.add_argument("--out", required=True, help="output folder")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ph = synthesize(a.seed, a.side, a.oa, a.spacing, mese=not a.no_mese)
+    ph = synthesize(a.seed, a.side, a.oa, a.spacing, mese=not a.no_mese, lesions=parse_lesions(a.lesions))
     for k, v in write(ph, a.out).items():
         log.info("wrote %s: %s", k, v)
 

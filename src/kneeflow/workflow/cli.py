@@ -38,7 +38,8 @@ def phantom(a) -> dict:
     """A synthetic knee: image, labels, MESE echoes, echo times and truth.json in --out."""
     from kneeflow import phantom as ph
 
-    knee = ph.synthesize(a.seed, a.side, a.oa_severity, spacing=a.spacing_mm, mese=True)
+    knee = ph.synthesize(a.seed, a.side, a.oa_severity, spacing=a.spacing_mm, mese=True,
+                         lesions=ph.parse_lesions(a.lesions))
     ph.write(knee, Path(a.out))
     return {}
 
@@ -76,7 +77,9 @@ def labels(a) -> dict:
 
 
 def thickness(a) -> dict:
-    """Label map -> bone/cartilage meshes (--meshes folder, LPS mm) and the tidy thickness --table."""
+    """Label map -> bone/cartilage meshes (--meshes folder, LPS mm), the tidy thickness --table and,
+    when asked, the standard morphometrics (--morphometrics table, --subregions-std label map,
+    --thickness-map image on the label map's grid)."""
     from kneeflow import io, mesh
     from kneeflow.atomic import write_table
     from kneeflow.thickness import measure_knee
@@ -87,11 +90,22 @@ def thickness(a) -> dict:
         cartilage_smooth_var_mm2=a.cartilage_smooth_var_mm2, ray_in=a.ray_in_mm, ray_out=a.ray_out_mm,
         crop_percent=1.0 if a.crop_shafts else None, source=str(a.labels),
     )
+    extra = [a.morphometrics, a.subregions_std, a.thickness_map]
+    if any(extra) and not all(extra):
+        raise SystemExit("kneeflow thickness: --morphometrics, --subregions-std and --thickness-map go together")
+    if a.morphometrics:
+        from kneeflow.morphometrics import measure_plates
+
+        morpho, std, tmap = measure_plates(lab, meshes, a.sample, min_denuded_mm2=a.min_denuded_mm2)
     out = Path(a.meshes)
     out.mkdir(parents=True, exist_ok=True)
     for name, poly in meshes.items():
         mesh.write_vtk(poly, out / f"{name}.vtk")
     write_table(table, a.table)
+    if a.morphometrics:
+        io.write_image(std, a.subregions_std)
+        io.write_image(tmap, a.thickness_map)
+        write_table(morpho, a.morphometrics)
     return {}
 
 
@@ -310,6 +324,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--side", choices=["left", "right"], required=True)
     p.add_argument("--oa-severity", type=float, default=0.0)
     p.add_argument("--spacing-mm", type=float, default=d["demo"]["spacing_mm"])
+    p.add_argument("--lesions", default="", help="full-thickness lesions as plate=mm2,... (MT, LT, cMF, cLF)")
     p.add_argument("--out", required=True, help="folder for image/labels/echoes .nii.gz, echoes.json, truth.json")
 
     p = stage("ingest", ingest, ("scan",), ("image", "qc"))
@@ -330,7 +345,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image", nargs="?", const="", default="", help="the ingested image its grid must match")
     p.add_argument("--out", required=True)
 
-    p = stage("thickness", thickness, ("labels",), ("meshes", "table"))
+    p = stage("thickness", thickness, ("labels",), ("meshes", "table", "morphometrics", "subregions_std",
+                                                    "thickness_map"))
     p.add_argument("--labels", required=True, help="label map (canonical labels, subregions 11-15 allowed)")
     p.add_argument("--meshes", required=True, help="folder for the meshes (.vtk)")
     p.add_argument("--table", required=True, help="thickness table (.csv)")
@@ -341,6 +357,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-shafts", action=argparse.BooleanOptionalAction, default=d["mesh"]["crop_shafts"])
     p.add_argument("--ray-in-mm", type=float, default=d["thickness"]["ray_in_mm"])
     p.add_argument("--ray-out-mm", type=float, default=d["thickness"]["ray_out_mm"])
+    p.add_argument("--morphometrics", default="", help="morphometrics table (.csv): VC, tAB, cAB, dAB%%, AC, ThC")
+    p.add_argument("--subregions-std", default="", help="label map (.nii.gz) of the standard subregions")
+    p.add_argument("--thickness-map", default="", help="image (.nii.gz): local thickness (mm) in cartilage voxels")
+    p.add_argument("--min-denuded-mm2", type=float, default=d["thickness"]["min_denuded_mm2"],
+                   help="enclosed cartilage-free patches smaller than this are dropouts, not denuded bone")
 
     p = stage("subregions", subregions, ("labels", "reference"), ("out",))
     p.add_argument("--labels", required=True)
