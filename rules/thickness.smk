@@ -58,6 +58,7 @@ rule subregions:
             code=command_code("subregions"),
             reference=config["thickness"]["subregion_reference"],
             reference_shrink=config["thickness"]["subregion_reference_shrink"],
+            side=lambda wc: row(wc)["side"],
         ),
     shell:
         "kneeflow subregions --sample {wildcards.sample} {params.options}"

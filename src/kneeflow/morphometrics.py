@@ -7,7 +7,8 @@ Names follow Eckstein et al. (Osteoarthritis Cartilage 2006): per cartilage plat
 - ``AC``   area of the articular (outer) cartilage surface (mm^2);
 - ``VC``   cartilage volume (mm^3);
 - ``ThCcAB.Me`` mean thickness over cAB, ``ThCtAB.Me`` mean over tAB with denuded bone counted as 0
-  (= ThCcAB.Me x cAB / tAB), ``ThCcAB.Max`` the largest thickness (mm).
+  (= ThCcAB.Me x cAB / tAB), ``ThCcAB.Max`` the largest thickness (mm; of the thickness averaged over
+  each vertex and its neighbours, so that one ray does not set it).
 
 Everything is measured on the bone meshes of :func:`kneeflow.thickness.measure_knee`, whose vertices
 carry the thickness (mm, 0 = no cartilage) and the cartilage label above them. A vertex's area is a third
@@ -35,13 +36,15 @@ bands of equal medio-lateral width, internal (towards the notch), central and ex
 
 Volume is counted in voxels (each cartilage voxel goes to the nearest tAB vertex of its own plate; the
 label map is the segmentation, so its voxel count is its volume); AC is the area of the cartilage
-mesh's triangles that lie more than half the local thickness above the bone.
+mesh's triangles that lie more than half the local thickness above the bone and face along the bone
+normal (within 60 degrees), i.e. the upper face without the plate's rim.
 """
 
 from __future__ import annotations
 
-__all__ = ["FEMUR_PLATES", "MEASURES", "PLATE_LABELS", "STD_SUBREGIONS", "KneeFrame", "knee_frame",
-           "measure_plates", "morphometrics", "vertex_areas"]
+__all__ = ["FEMUR_PLATES", "MEASURES", "PLATE_LABELS", "STD_SUBREGIONS", "BoneInterface", "KneeFrame",
+           "PlateSubregions", "bone_interface", "footprint", "knee_frame", "measure_plates", "morphometrics",
+           "vertex_areas"]
 
 import logging
 from dataclasses import dataclass
@@ -150,6 +153,7 @@ class BoneInterface:
     covered: np.ndarray    # in cAB (measured cartilage, or a dropout counted as covered)
     measured: np.ndarray   # thickness > 0
     denuded: np.ndarray    # in tAB without cartilage
+    ring: np.ndarray       # thickness averaged over the vertex and its measured neighbours (for the max)
 
 
 def footprint(labels_img, pts: np.ndarray, normals: np.ndarray, plate_labels, *, depth_mm: float = 1.0,
@@ -230,7 +234,11 @@ def bone_interface(poly, plate_labels, labels_img=None, *, min_denuded_mm2: floa
                 denuded[members] = True
             else:
                 covered[members] = True
-    return BoneInterface(pts, normals, area, thick, plate, covered, measured, denuded)
+    # the largest thickness of a plate from single vertices swings with the mesh (10 % between a knee
+    # and its mirror image); averaged over each vertex's ring of measured neighbours, < 1 %
+    w = adj @ measured.astype(float) + measured
+    ring = np.where(measured, (adj @ (thick * measured) + thick * measured) / np.maximum(w, 1), 0.0)
+    return BoneInterface(pts, normals, area, thick, plate, covered, measured, denuded, ring)
 
 
 # ------------------------------------------------------------------------------------- knee frame
@@ -251,47 +259,52 @@ def _unit(v):
     return v / n if n > 0 else v
 
 
-def _centroid(bi: BoneInterface, sel) -> np.ndarray | None:
-    w = bi.area * sel
-    return (bi.pts * w[:, None]).sum(0) / w.sum() if w.sum() > 0 else None
+def knee_frame(voxels: dict[str, np.ndarray], bones: dict[str, BoneInterface], side: str | None = None) -> KneeFrame:
+    """The knee's axes from its anatomy: medial from the lateral to the medial tibial plate's voxel
+    centroid (femoral weight-bearing plates as fallback), superior the tibial plateau's mean bone normal,
+    anterior towards the patellar cartilage (trochlea as fallback), each orthogonalised. ``voxels`` maps a
+    plate to its cartilage voxel centres (LPS mm). Only where the anatomy is missing, ``side`` and the
+    scanner's LPS axes stand in (and say so)."""
+    def centre(*plates):
+        pts = [voxels[p] for p in plates if p in voxels and len(voxels[p])]
+        return np.concatenate(pts).mean(0) if len(pts) == len(plates) else None
 
-
-def knee_frame(bones: dict[str, BoneInterface]) -> KneeFrame:
-    """The knee's axes from its anatomy (tibial plates, patella; femoral plates as fallback)."""
-    lab = {v: k for k, v in PLATE_LABELS.items()}
-    tib, fem, pat = bones.get("tibia"), bones.get("femur"), bones.get("patella")
     sources = []
-    superior = medial = anterior = None
-    if tib is not None:
-        mt, lt = _centroid(tib, tib.plate == lab["MT"]), _centroid(tib, tib.plate == lab["LT"])
-        plateau = np.isin(tib.plate, [lab["MT"], lab["LT"]])
-        if plateau.any():
-            superior = _unit((tib.normals * (tib.area * plateau)[:, None]).sum(0))
-            sources.append("superior: tibial plateau normal")
-        if mt is not None and lt is not None:
-            medial = mt - lt
-            sources.append("medial: tibial plates")
-    if medial is None and fem is not None:
-        cm, cl = _centroid(fem, fem.plate == lab["cMF"]), _centroid(fem, fem.plate == lab["cLF"])
-        if cm is not None and cl is not None:
-            medial = cm - cl
-            sources.append("medial: femoral weight-bearing plates")
-    if superior is None:
-        superior = np.array([0.0, 0.0, 1.0])
-        sources.append("superior: scanner +z (no tibial plateau)")
+    mt, lt = centre("MT"), centre("LT")
+    medial = None
+    if mt is not None and lt is not None:
+        medial, how = mt - lt, "medial: tibial plates"
+    elif centre("cMF") is not None and centre("cLF") is not None:
+        medial, how = centre("cMF") - centre("cLF"), "medial: femoral weight-bearing plates"
+    elif side in ("right", "left"):
+        medial, how = np.array([1.0 if side == "right" else -1.0, 0.0, 0.0]), f"medial: scanner x ({side} knee)"
     if medial is None:
         raise ValueError("cannot tell medial from lateral: neither both tibial plates nor both femoral "
-                         "weight-bearing plates are in the label map")
-    medial = _unit(medial - superior * (medial @ superior))
-    centre = _centroid(tib, np.isin(tib.plate, [lab["MT"], lab["LT"]])) if tib is not None else None
-    if pat is not None and centre is not None and (pat.plate > 0).any():
-        anterior = _centroid(pat, pat.plate > 0) - centre
-        sources.append("anterior: patella")
-    elif fem is not None and (fem.plate == lab["TrF"]).any() and np.isin(fem.plate, [lab["cMF"], lab["cLF"]]).any():
-        anterior = _centroid(fem, fem.plate == lab["TrF"]) - _centroid(fem, np.isin(fem.plate, [lab["cMF"], lab["cLF"]]))
-        sources.append("anterior: trochlea")
+                         "weight-bearing plates are in the label map, and no side was given")
+    sources.append(how)
+    tib = bones.get("tibia")
+    lab = {v: k for k, v in PLATE_LABELS.items()}
+    plateau = np.isin(tib.plate, [lab["MT"], lab["LT"]]) if tib is not None else None
+    if plateau is not None and plateau.any():
+        superior = _unit((tib.normals * (tib.area * plateau)[:, None]).sum(0))
+        sources.append("superior: tibial plateau normal")
     else:
-        raise ValueError("cannot tell anterior from posterior: no patellar cartilage and no trochlear plate")
+        superior = np.array([0.0, 0.0, 1.0])
+        sources.append("superior: scanner +z")
+    medial = _unit(medial - superior * (medial @ superior))
+    joint = centre("MT", "LT") if mt is not None and lt is not None else None
+    if centre("P") is not None and joint is not None:
+        anterior, how = centre("P") - joint, "anterior: patella"
+    elif centre("TrF") is not None and centre("cMF", "cLF") is not None:
+        anterior, how = centre("TrF") - centre("cMF", "cLF"), "anterior: trochlea"
+    else:
+        # LPS: anterior is -y; as a cross product it follows the handedness the side implies
+        anterior = np.cross(medial, superior) if side == "right" else np.cross(superior, medial) if side == "left" else None
+        how = f"anterior: medial x superior ({side} knee)"
+        if anterior is None:
+            raise ValueError("cannot tell anterior from posterior: no patellar cartilage, no trochlear plate "
+                             "and no side given")
+    sources.append(how)
     anterior = anterior - superior * (anterior @ superior) - medial * (anterior @ medial)
     return KneeFrame(medial, _unit(anterior), superior, "; ".join(sources))
 
@@ -299,67 +312,69 @@ def knee_frame(bones: dict[str, BoneInterface]) -> KneeFrame:
 # ------------------------------------------------------------------------------------- subregions
 
 
-def _tibial_subregions(x: np.ndarray, y: np.ndarray, area: np.ndarray, plate: str) -> np.ndarray:
-    """Codes of :data:`STD_SUBREGIONS` for a tibial plate's tAB vertices at (x medial, y anterior) mm."""
-    cx, cy = np.average(x, weights=area), np.average(y, weights=area)
-    xmin, xmax, ymin, ymax = x.min(), x.max(), y.min(), y.max()
-    dx, dy = x - cx, y - cy
-    half_w, half_d = max((xmax - xmin) / 2, 1e-6), max((ymax - ymin) / 2, 1e-6)
-    r = np.hypot(dx / half_w, dy / half_d)
-    order = np.argsort(r, kind="stable")
-    cum = np.cumsum(area[order])
-    k = int(np.searchsorted(cum, _TIBIAL_FRACTION * cum[-1]))
-    central = r <= r[order[min(k, len(order) - 1)]]
-    th = np.arctan2(dy, dx)
-    a_pp = np.arctan2(ymax - cy, xmax - cx)  # corner (+medial, +anterior), in (0, pi/2)
-    a_mp = np.arctan2(ymax - cy, xmin - cx)  # (-medial, +anterior), in (pi/2, pi)
-    a_mm = np.arctan2(ymin - cy, xmin - cx)  # (-medial, -anterior), in (-pi, -pi/2)
-    a_pm = np.arctan2(ymin - cy, xmax - cx)  # (+medial, -anterior), in (-pi/2, 0)
-    anterior = (th >= a_pp) & (th < a_mp)
-    posterior = (th >= a_mm) & (th < a_pm)
-    lateral_side = (th >= a_mp) | (th < a_mm)
-    medial_side = ~(anterior | posterior | lateral_side)
-    p = plate  # "MT" or "LT": internal is towards the eminence
-    internal, external = (lateral_side, medial_side) if p == "MT" else (medial_side, lateral_side)
-    out = np.zeros(len(x), dtype=np.int32)
-    out[anterior] = STD_SUBREGIONS["a" + p]
-    out[posterior] = STD_SUBREGIONS["p" + p]
-    out[internal] = STD_SUBREGIONS["i" + p]
-    out[external] = STD_SUBREGIONS["e" + p]
-    out[central] = STD_SUBREGIONS["c" + p]
-    return out
+class PlateSubregions:
+    """The standard subregions of one plate as a function of position.
 
+    The geometry (centroid, bounding rectangle in the knee frame) comes from the plate's cartilage
+    voxels, so a knee and its mirror image get mirror-image subregions; the central tibial ellipse is
+    sized on tAB (vertex areas) to hold 20 % of it.
+    """
 
-def _femoral_subregions(x: np.ndarray, plate: str) -> np.ndarray:
-    """Thirds of equal medio-lateral width of cMF / cLF (x medial, mm): internal, central, external."""
-    lo, hi = x.min(), x.max()
-    third = (x - lo) / max(hi - lo, 1e-6) * 3.0
-    band = np.clip(third.astype(int), 0, 2)  # 0 = most lateral third ... 2 = most medial
-    names = {"cMF": ("i", "c", "e"), "cLF": ("e", "c", "i")}[plate]
-    return np.array([STD_SUBREGIONS[names[b] + plate] for b in band], dtype=np.int32)
+    def __init__(self, plate: str, frame: KneeFrame, voxels: np.ndarray, vertices=None, area=None):
+        self.plate, self.frame = plate, frame
+        x, y = self._xy(voxels)
+        self.cx, self.cy = float(x.mean()), float(y.mean())
+        self.box = (float(x.min()), float(x.max()), float(y.min()), float(y.max()))
+        self.r_central = np.inf
+        if plate in ("MT", "LT") and vertices is not None and len(vertices):
+            r = self._radius(*self._xy(vertices))
+            order = np.argsort(r, kind="stable")
+            cum = np.cumsum(area[order])
+            k = min(int(np.searchsorted(cum, _TIBIAL_FRACTION * cum[-1])), len(order) - 1)
+            self.r_central = float(r[order[k]])
 
+    def _xy(self, pts):
+        return pts @ self.frame.medial, pts @ self.frame.anterior
 
-def _std_codes(bi: BoneInterface, frame: KneeFrame) -> np.ndarray:
-    codes = np.zeros(len(bi.pts), dtype=np.int32)
-    for lab in np.unique(bi.plate):
-        if lab == 0:
-            continue
-        name = PLATE_LABELS[int(lab)]
-        sel = bi.plate == lab
-        x, y = bi.pts[sel] @ frame.medial, bi.pts[sel] @ frame.anterior
-        if name in ("MT", "LT"):
-            codes[sel] = _tibial_subregions(x, y, bi.area[sel], name)
-        elif name in ("cMF", "cLF"):
-            codes[sel] = _femoral_subregions(x, name)
-        else:
-            codes[sel] = STD_SUBREGIONS[name]
-    return codes
+    def _radius(self, x, y):
+        xmin, xmax, ymin, ymax = self.box
+        return np.hypot((x - self.cx) / max((xmax - xmin) / 2, 1e-6), (y - self.cy) / max((ymax - ymin) / 2, 1e-6))
+
+    def codes(self, pts: np.ndarray) -> np.ndarray:
+        """Codes of :data:`STD_SUBREGIONS` at points (N, 3) LPS mm."""
+        p = self.plate
+        if p not in ("MT", "LT", "cMF", "cLF"):
+            return np.full(len(pts), STD_SUBREGIONS[p], dtype=np.int32)
+        x, y = self._xy(pts)
+        xmin, xmax, ymin, ymax = self.box
+        if p in ("cMF", "cLF"):
+            band = np.clip(np.floor((x - xmin) / max(xmax - xmin, 1e-6) * 3.0), 0, 2).astype(int)  # 0 lateral-most
+            names = np.array([STD_SUBREGIONS[n + p] for n in ({"cMF": "ice", "cLF": "eci"}[p])])
+            return names[band].astype(np.int32)
+        dx, dy = x - self.cx, y - self.cy
+        th = np.arctan2(dy, dx)
+        a_pp = np.arctan2(ymax - self.cy, xmax - self.cx)  # corner (+medial, +anterior)
+        a_mp = np.arctan2(ymax - self.cy, xmin - self.cx)  # (-medial, +anterior)
+        a_mm = np.arctan2(ymin - self.cy, xmin - self.cx)  # (-medial, -anterior)
+        a_pm = np.arctan2(ymin - self.cy, xmax - self.cx)  # (+medial, -anterior)
+        anterior = (th >= a_pp) & (th < a_mp)
+        posterior = (th >= a_mm) & (th < a_pm)
+        lateral_side = (th >= a_mp) | (th < a_mm)
+        medial_side = ~(anterior | posterior | lateral_side)
+        internal, external = (lateral_side, medial_side) if p == "MT" else (medial_side, lateral_side)
+        out = np.zeros(len(pts), dtype=np.int32)
+        out[anterior] = STD_SUBREGIONS["a" + p]
+        out[posterior] = STD_SUBREGIONS["p" + p]
+        out[internal] = STD_SUBREGIONS["i" + p]
+        out[external] = STD_SUBREGIONS["e" + p]
+        out[self._radius(x, y) <= self.r_central] = STD_SUBREGIONS["c" + p]
+        return out
 
 
 # ------------------------------------------------------------------------------------- measures
 
 
-def _rows(sample, plate, subregion, *, area, covered, measured, thick, vc, n_vox, ac, n_tri):
+def _rows(sample, plate, subregion, *, area, covered, measured, thick, ring, vc, n_vox, ac, n_tri):
     t_ab = float(area.sum())
     c_ab = float(area[covered].sum())
     am, tm = area[measured], thick[measured]
@@ -372,20 +387,22 @@ def _rows(sample, plate, subregion, *, area, covered, measured, thick, vc, n_vox
         "AC": (ac, n_tri),
         "ThCcAB.Me": (me, int(measured.sum())),
         "ThCtAB.Me": (me * c_ab / t_ab if t_ab > 0 else np.nan, len(area)),
-        "ThCcAB.Max": (float(tm.max()) if tm.size else np.nan, int(measured.sum())),
+        "ThCcAB.Max": (float(ring[measured].max()) if tm.size else np.nan, int(measured.sum())),
     }
     return [{"sample": sample, "plate": plate, "subregion": subregion, "measure": m, "value": v, "unit": MEASURES[m],
              "n": int(n)} for m, (v, n) in vals.items()]
 
 
-def measure_plates(labels_img, meshes: dict, sample: str, *, min_denuded_mm2: float = 4.0):
+def measure_plates(labels_img, meshes: dict, sample: str, *, min_denuded_mm2: float = 4.0,
+                   side: str | None = None):
     """Morphometrics of a knee from :func:`kneeflow.thickness.measure_knee`'s meshes.
 
     Returns ``(table, std_labels, thickness_map)``: the tidy table (sample, plate, subregion, measure,
     value, unit, n), the cartilage voxels labelled with :data:`STD_SUBREGIONS` and the thickness map
     (float32 mm on the label map's grid, each cartilage voxel holding the thickness of the nearest
     measured bone vertex of its plate). Bone meshes gain point arrays ``plate`` (label of the tAB
-    the vertex belongs to), ``denuded`` and ``subregion_std``.
+    the vertex belongs to), ``denuded`` and ``subregion_std``. ``side`` is used only where the label map
+    lacks the anatomy that defines the knee's axes (see :func:`knee_frame`).
     """
     import SimpleITK as sitk
     from scipy.spatial import cKDTree
@@ -394,51 +411,59 @@ def measure_plates(labels_img, meshes: dict, sample: str, *, min_denuded_mm2: fl
 
     arr = sitk.GetArrayViewFromImage(labels_img)
     present = set(np.unique(arr).tolist())
+    a_mat, b_vec = M.index_to_physical(labels_img)
+    vox_idx, vox_xyz = {}, {}
+    for lab, name in PLATE_LABELS.items():
+        if lab in present:
+            kji = np.argwhere(arr == lab)
+            vox_idx[name] = kji
+            vox_xyz[name] = kji[:, ::-1].astype(float) @ a_mat.T + b_vec
     bones: dict[str, BoneInterface] = {}
     for bone in ("femur", "tibia", "patella"):
-        if bone not in meshes:
-            continue
-        labs = [k for k, v in PLATE_LABELS.items() if BONE_OF_PLATE[v] == bone]
-        bones[bone] = bone_interface(meshes[bone], labs, labels_img, min_denuded_mm2=min_denuded_mm2)
-    frame = knee_frame(bones)
+        if bone in meshes:
+            labs = [k for k, v in PLATE_LABELS.items() if BONE_OF_PLATE[v] == bone]
+            bones[bone] = bone_interface(meshes[bone], labs, labels_img, min_denuded_mm2=min_denuded_mm2)
+    frame = knee_frame(vox_xyz, bones, side)
     log.info("%s: knee frame from %s", sample, frame.source)
-    codes = {b: _std_codes(bi, frame) for b, bi in bones.items()}
-    for b, bi in bones.items():
-        M.add_point_array(meshes[b], "plate", bi.plate.astype(np.int32))
-        M.add_point_array(meshes[b], "denuded", bi.denuded.astype(np.uint8))
-        M.add_point_array(meshes[b], "subregion_std", codes[b])
 
-    # cartilage voxels -> the nearest tAB vertex of their own plate
-    vox_mm3 = float(np.prod(labels_img.GetSpacing()))
+    subs: dict[str, PlateSubregions] = {}
+    codes = {}
+    for bone, bi in bones.items():
+        codes[bone] = np.zeros(len(bi.pts), dtype=np.int32)
+        for lab in np.unique(bi.plate):
+            name = PLATE_LABELS.get(int(lab))
+            if name is None or name not in vox_xyz:
+                continue
+            sel = bi.plate == lab
+            subs[name] = PlateSubregions(name, frame, vox_xyz[name], bi.pts[sel], bi.area[sel])
+            codes[bone][sel] = subs[name].codes(bi.pts[sel])
+        M.add_point_array(meshes[bone], "plate", bi.plate.astype(np.int32))
+        M.add_point_array(meshes[bone], "denuded", bi.denuded.astype(np.uint8))
+        M.add_point_array(meshes[bone], "subregion_std", codes[bone])
+
+    # cartilage voxels: subregion by position; thickness of the nearest measured vertex of the plate
     std = np.zeros(arr.shape, dtype=np.uint8)
     tmap = np.zeros(arr.shape, dtype=np.float32)
     vox_code: dict[str, np.ndarray] = {}
-    for lab, name in PLATE_LABELS.items():
-        if lab not in present:
-            continue
+    for name, xyz in vox_xyz.items():
+        kji = tuple(vox_idx[name].T)
+        plate_sub = subs.get(name) or PlateSubregions(name, frame, xyz)
+        vox_code[name] = plate_sub.codes(xyz)
+        std[kji] = vox_code[name].astype(np.uint8)
         bi = bones.get(BONE_OF_PLATE[name])
-        kji = np.argwhere(arr == lab)
-        xyz = M.index_to_physical(labels_img)[0] @ kji[:, ::-1].T.astype(float)
-        xyz = xyz.T + M.index_to_physical(labels_img)[1]
-        targets = np.nonzero(bi.plate == lab)[0] if bi is not None else np.array([], int)
-        if bi is not None and targets.size == 0 and name == "F":  # unsplit leftovers: any femoral plate
-            targets = np.nonzero(bi.plate > 0)[0]
-        if targets.size == 0:
-            log.warning("%s: %d voxels of %s have no bone interface under them; counted in no subregion",
-                        sample, len(kji), name)
-            vox_code[name] = np.zeros(len(kji), dtype=np.int32)
+        lab = {v: k for k, v in PLATE_LABELS.items()}[name]
+        meas = np.nonzero(bi.measured & (bi.plate == lab))[0] if bi is not None else np.array([], int)
+        if bi is not None and meas.size == 0 and name == "F":  # leftovers of the split: any femoral plate
+            meas = np.nonzero(bi.measured)[0]
+        if meas.size == 0:
+            log.warning("%s: no thickness measured under %s; its %d voxels are 0 in the thickness map",
+                        sample, name, len(xyz))
             continue
-        _, j = cKDTree(bi.pts[targets]).query(xyz)
-        c = codes[BONE_OF_PLATE[name]][targets[j]]
-        vox_code[name] = c
-        std[tuple(kji.T)] = c.astype(np.uint8)
-        meas = targets[bi.measured[targets]]
-        if meas.size:
-            _, jm = cKDTree(bi.pts[meas]).query(xyz)
-            tmap[tuple(kji.T)] = bi.thickness[meas[jm]]
+        _, j = cKDTree(bi.pts[meas]).query(xyz)
+        tmap[kji] = bi.thickness[meas[j]]
 
     # articular surface: cartilage mesh triangles more than half the local thickness above the bone
-    tri_code: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    tri_code: dict[str, list] = {}
     for bone, bi in bones.items():
         meas = np.nonzero(bi.measured)[0]
         if meas.size == 0:
@@ -453,18 +478,21 @@ def measure_plates(labels_img, meshes: dict, sample: str, *, min_denuded_mm2: fl
             _, j = tree.query(cen)
             v = meas[j]
             h = ((cen - bi.pts[v]) * bi.normals[v]).sum(1)
-            outer = h > 0.5 * bi.thickness[v]
+            t = cp[ct]
+            n_tri = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+            facing = np.abs((n_tri * bi.normals[v]).sum(1)) > 0.5 * np.linalg.norm(n_tri, axis=1)
+            outer = (h > 0.5 * bi.thickness[v]) & facing  # the upper face, not the plate's rim
             a = _tri_areas(cp, ct)
             for lab in np.unique(bi.plate[v]):
                 name = PLATE_LABELS.get(int(lab))
-                if name is None:
+                if name is None or name not in subs:
                     continue
-                s = outer & (bi.plate[v] == lab)
-                prev = tri_code.get(name, (np.zeros(0, np.int32), np.zeros(0)))
-                tri_code[name] = (np.concatenate([prev[0], codes[bone][v][s]]), np.concatenate([prev[1], a[s]]))
+                sel = outer & (bi.plate[v] == lab)
+                tri_code.setdefault(name, []).append((subs[name].codes(cen[sel]), a[sel]))
 
     rows = []
-    femoral = [n for n in ("TrF", "cMF", "cLF", "pMF", "pLF", "F")]
+    femoral = ["TrF", "cMF", "cLF", "pMF", "pLF", "F"]
+    empty = (np.zeros(0, np.int32), np.zeros(0))
     for name in ("MT", "LT", "cMF", "cLF", "TrF", "pMF", "pLF", "P", "F"):
         bone = BONE_OF_PLATE[name]
         bi = bones.get(bone)
@@ -475,19 +503,20 @@ def measure_plates(labels_img, meshes: dict, sample: str, *, min_denuded_mm2: fl
         sel_v = np.isin(bi.plate, labs)
         if not sel_v.any():
             continue
-        vc_codes = np.concatenate([vox_code.get(g, np.zeros(0, np.int32)) for g in group])
-        tri_c = np.concatenate([tri_code.get(g, (np.zeros(0, np.int32), np.zeros(0)))[0] for g in group])
-        tri_a = np.concatenate([tri_code.get(g, (np.zeros(0, np.int32), np.zeros(0)))[1] for g in group])
-        subs = [("all", None)]
+        vc_codes = np.concatenate([vox_code.get(g, empty[0]) for g in group])
+        tris = [t for g in group for t in tri_code.get(g, [empty])]
+        tri_c = np.concatenate([t[0] for t in tris])
+        tri_a = np.concatenate([t[1] for t in tris])
+        regions = [("all", None)]
         if name in ("MT", "LT", "cMF", "cLF"):
-            subs += [(k, v) for k, v in STD_SUBREGIONS.items() if k.endswith(name)]
-        for sub, code in subs:
+            regions += [(k, v) for k, v in STD_SUBREGIONS.items() if k.endswith(name)]
+        for sub, code in regions:
             sv = sel_v if code is None else sel_v & (codes[bone] == code)
             sx = np.ones(len(vc_codes), bool) if code is None else vc_codes == code
             st = np.ones(len(tri_c), bool) if code is None else tri_c == code
             rows += _rows(sample, name, sub, area=bi.area[sv], covered=bi.covered[sv], measured=bi.measured[sv],
-                          thick=bi.thickness[sv], vc=float(sx.sum()) * vox_mm3, n_vox=int(sx.sum()),
-                          ac=float(tri_a[st].sum()), n_tri=int(st.sum()))
+                          thick=bi.thickness[sv], ring=bi.ring[sv], vc=float(sx.sum()) * float(np.prod(labels_img.GetSpacing())),
+                          n_vox=int(sx.sum()), ac=float(tri_a[st].sum()), n_tri=int(st.sum()))
     table = pd.DataFrame(rows, columns=["sample", "plate", "subregion", "measure", "value", "unit", "n"])
 
     def image(a):
@@ -498,7 +527,8 @@ def measure_plates(labels_img, meshes: dict, sample: str, *, min_denuded_mm2: fl
     return table, image(std), image(tmap)
 
 
-def morphometrics(labels_img, sample: str = "", *, min_denuded_mm2: float = 4.0, **mesh_options):
+def morphometrics(labels_img, sample: str = "", *, min_denuded_mm2: float = 4.0, side: str | None = None,
+                  **mesh_options):
     """Meshes, thickness and morphometrics of a label map in one call (see :func:`measure_plates`).
 
     Returns ``(meshes, thickness_table, morphometrics_table, std_labels, thickness_map)``.
@@ -506,5 +536,5 @@ def morphometrics(labels_img, sample: str = "", *, min_denuded_mm2: float = 4.0,
     from kneeflow.thickness import measure_knee
 
     meshes, thick = measure_knee(labels_img, sample, **mesh_options)
-    table, std, tmap = measure_plates(labels_img, meshes, sample, min_denuded_mm2=min_denuded_mm2)
+    table, std, tmap = measure_plates(labels_img, meshes, sample, min_denuded_mm2=min_denuded_mm2, side=side)
     return meshes, thick, table, std, tmap

@@ -9,8 +9,8 @@ only permutes and flips axes (SimpleITK's ``DICOMOrient``, no interpolation), so
 
 from __future__ import annotations
 
-__all__ = ["DOSMA_SAGITTAL", "check_layout", "dosma_layout", "layout_of", "parse_layout", "predict_in_layout",
-           "reorient"]
+__all__ = ["DOSMA_SAGITTAL", "check_layout", "dosma_layout", "layout_of", "mirror_left_right", "parse_layout",
+           "predict_in_layout", "reorient"]
 
 #: the public knee models' layout (DOSMA's ("LR", "SI", "AP")) as an orientation code
 DOSMA_SAGITTAL = "RIP"
@@ -71,3 +71,28 @@ def predict_in_layout(predict, image, layout: str | None):
         raise RuntimeError(f"reorienting {own} -> {layout} -> {own} changed the grid {image.GetSize()} -> {lab.GetSize()}")
     lab.CopyInformation(image)  # the input's header exactly (an oblique direction survives the round trip)
     return lab
+
+
+def mirror_left_right(image):
+    """The physical mirror image of ``image`` through the patient's mid-sagittal plane (LPS x -> -x): a
+    left knee becomes a right knee. The array is flipped along the axis nearest to x, so the direction
+    matrix stays a rotation; applying it twice gives the original image and grid exactly."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    d = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    k = int(np.argmax(np.abs(d[0])))  # index axis (x, y, z of the file) nearest to physical x
+    flip = np.eye(3)
+    flip[k, k] = -1.0
+    r = np.diag([-1.0, 1.0, 1.0])
+    size = np.asarray(image.GetSize(), dtype=float)
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    origin = np.asarray(image.GetOrigin(), dtype=float)
+    last = np.zeros(3)
+    last[k] = (size[k] - 1) * spacing[k]
+    arr = sitk.GetArrayFromImage(image)
+    out = sitk.GetImageFromArray(np.ascontiguousarray(np.flip(arr, axis=2 - k)), isVector=image.GetNumberOfComponentsPerPixel() > 1)
+    out.SetSpacing(tuple(spacing))
+    out.SetDirection(tuple((r @ d @ flip).ravel()))
+    out.SetOrigin(tuple(r @ (origin + d @ last)))
+    return out

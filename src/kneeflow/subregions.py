@@ -5,8 +5,12 @@ reference right knee (``right_knee_example.nrrd``, shipped in the mskt source di
 frame the trochlear notch splits anterior from weight-bearing cartilage, the weight-bearing band ends
 60 % of the way from the notch to the posterior edge, the notch's medio-lateral position splits medial
 from lateral, and weight-bearing cartilage high on the posterior condyles counts as posterior. The
-labels are mapped back to the knee's grid. pymskt downloads the reference at run time; here it must be
-a local file (``make install`` extracts it from the mskt sdist on PyPI into ``.cache/pymskt_data``).
+labels are mapped back to the knee's grid. The reference is a right knee and the registration a
+similarity transform, which cannot mirror: left knees are mirrored to right knees first (through the
+patient's mid-sagittal plane) and the labels mirrored back (pymskt itself does not, and on a mirrored
+right knee puts all weight-bearing cartilage in the medial plate). pymskt downloads the reference at
+run time; here it must be a local file (``make install`` extracts it from the mskt sdist on PyPI into
+``.cache/pymskt_data``).
 """
 
 from __future__ import annotations
@@ -55,12 +59,24 @@ def reference_path(path: str | os.PathLike | None = None, shrink: int = 2) -> Pa
     return small
 
 
-def femoral_subregions(labels_img, reference: str | os.PathLike | None = None, *, shrink: int = 2, seed: int = 0):
+def femoral_subregions(labels_img, reference: str | os.PathLike | None = None, *, shrink: int = 2, seed: int = 0,
+                       side: str = "right"):
     """Return a copy of a canonical label map with femoral cartilage (2) split into 11-15.
 
-    Deterministic: the registration samples a fixed fraction of voxels with a fixed seed.
+    ``side``: the knee's side; a left knee is registered as its mirror image (the reference is a right
+    knee). Deterministic: the registration samples a fixed fraction of voxels with a fixed seed.
     """
     import SimpleITK as sitk
+
+    if side not in ("right", "left"):
+        raise ValueError(f"side must be 'right' or 'left', got {side!r}")
+    if side == "left":
+        from kneeflow.orientation import mirror_left_right
+
+        out = mirror_left_right(femoral_subregions(mirror_left_right(labels_img), reference, shrink=shrink,
+                                                   seed=seed, side="right"))
+        out.CopyInformation(labels_img)
+        return out
     from pymskt.image.cartilage_processing import get_aligned_cartilage_subregions
 
     arr = sitk.GetArrayViewFromImage(labels_img)

@@ -159,13 +159,14 @@ def summarise(sample: str, bone: str, thickness: np.ndarray, region: np.ndarray,
 def measure_knee(labels_img, sample: str, *, n_points: dict[str, int] | None = None,
                  bone_smooth_var_mm2: float = 0.5, cartilage_smooth_var_mm2: float = 0.3125,
                  ray_in: float = 2.5, ray_out: float = 10.0, crop_percent: float | None = 1.0,
-                 source: str = "") -> tuple[dict[str, object], pd.DataFrame]:
+                 source: str = "", bones: tuple[str, ...] | None = None) -> tuple[dict[str, object], pd.DataFrame]:
     """Meshes and regional thickness of a knee label map in the canonical convention.
 
     Returns ``(meshes, table)``: ``meshes`` maps a structure name (femur, tibia, patella and each
     cartilage plate) to vtkPolyData in LPS mm, bone meshes carrying point arrays ``thickness_mm`` and
     ``region``; ``table`` is the tidy thickness table (see :func:`summarise`). A bone whose cartilage
-    is absent still gets its mesh, and NaN statistics for its regions (logged).
+    is absent still gets its mesh, and NaN statistics for its regions (logged). ``bones``: measure only
+    these (default femur, tibia and patella; each must be in the label map).
     Cost on a 384x384x160 knee: a few seconds and < 1 GB on 2 cores.
     """
     from kneeflow import mesh as M
@@ -178,6 +179,8 @@ def measure_knee(labels_img, sample: str, *, n_points: dict[str, int] | None = N
     meshes: dict[str, object] = {}
     tables = []
     for bone, plates in BONE_CARTILAGE.items():
+        if bones is not None and bone not in bones:
+            continue
         poly = M.bone_mesh(labels_img, [CANONICAL[bone]], n_points[bone], smooth_var_mm2=bone_smooth_var_mm2,
                            bone=bone, crop_percent=crop_percent, source=source)
         pts, nrm = M.points(poly), M.point_normals(poly)

@@ -115,7 +115,7 @@ def subregions(a) -> dict:
     from kneeflow.subregions import femoral_subregions
 
     lab = io.read_volume(a.labels, what="label map")
-    io.write_image(femoral_subregions(lab, a.reference or None, shrink=a.reference_shrink), a.out)
+    io.write_image(femoral_subregions(lab, a.reference or None, shrink=a.reference_shrink, side=a.side), a.out)
     return {}
 
 
@@ -369,6 +369,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=d["thickness"]["subregion_reference"],
                    help="thickness.subregion_reference (pymskt's reference knee)")
     p.add_argument("--reference-shrink", type=int, default=d["thickness"]["subregion_reference_shrink"])
+    p.add_argument("--side", choices=["left", "right"], default="right",
+                   help="the knee's side (a left knee is registered to the right reference as its mirror image)")
 
     p = stage("t2", t2, ("echoes", "times", "labels"), ("t2map", "table"))
     p.add_argument("--echoes", required=True)

@@ -1,0 +1,225 @@
+"""Cartilage morphometrics (issue 20): analytic slabs, denuded bone, the phantom's truth, left == mirrored
+right, the thickness-map image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sitk = pytest.importorskip("SimpleITK")
+pytest.importorskip("vtk")
+
+from kneeflow.labels import CANONICAL, PYMSKT  # noqa: E402
+from kneeflow.morphometrics import STD_SUBREGIONS, morphometrics  # noqa: E402
+from kneeflow.orientation import mirror_left_right  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "pymskt"
+MT, LT, TIBIA = CANONICAL["medial_tibial_cartilage"], CANONICAL["lateral_tibial_cartilage"], CANONICAL["tibia"]
+
+
+def _label_map(fn, spacing=0.5, size=(160, 130, 100), centre=(0.0, 0.0, -8.0), direction=None):
+    """A label map whose voxels hold fn(x, y, z) at their physical centres (LPS mm)."""
+    d = np.eye(3) if direction is None else np.asarray(direction, float).reshape(3, 3)
+    size = np.asarray(size)
+    origin = np.asarray(centre) - d @ ((size - 1) / 2 * spacing)
+    ii, jj, kk = np.meshgrid(*[np.arange(n) for n in size], indexing="ij")
+    ijk = np.stack([ii, jj, kk], -1).reshape(-1, 3) * spacing
+    xyz = ijk @ d.T + origin
+    lab = fn(*xyz.T).reshape(*size).astype(np.uint8)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(lab.transpose(2, 1, 0)))
+    img.SetSpacing((spacing,) * 3)
+    img.SetOrigin(tuple(origin))
+    img.SetDirection(tuple(d.ravel()))
+    return img
+
+
+def _flat(hole_mm=0.0):
+    """Box tibia (top at z = 0), a medial (x > 0) disc r = 13 mm and a lateral disc r = 12 mm (about a
+    real tibial plate's area), 2 mm thick."""
+    def fn(x, y, z):
+        out = np.zeros(x.shape, np.uint8)
+        out[(np.abs(x) < 32) & (np.abs(y) < 20) & (z > -18) & (z <= 0)] = TIBIA
+        top = (z > 0) & (z <= 2.0)
+        r_med = np.hypot(x - 16, y)
+        out[top & (r_med < 13) & (r_med >= hole_mm)] = MT
+        out[top & (np.hypot(x + 16, y) < 12)] = LT
+        return out
+    return fn
+
+
+def _curved(x, y, z, radius=25.0, t=2.0):
+    """Cylinder tibia (axis along y, top at z = 0) with two 2 mm shells of 0.6 rad x 16 mm."""
+    out = np.zeros(x.shape, np.uint8)
+    zc = z + radius  # axis at z = -radius
+    r = np.hypot(x, zc)
+    phi = np.arctan2(x, zc)  # 0 at the top, + medial
+    along = np.abs(y) < 8
+    out[(r <= radius) & (np.abs(y) < 20) & (zc > radius - 20)] = TIBIA
+    shell = (r > radius) & (r <= radius + t) & along
+    out[shell & (phi > 0.15) & (phi < 0.75)] = MT
+    out[shell & (phi < -0.15) & (phi > -0.75)] = LT
+    return out
+
+
+def _tilted():
+    """An oblique grid: 20 degrees about an axis off every scanner axis."""
+    return sitk.VersorTransform((0.3, 1.0, 0.5), np.deg2rad(20)).GetMatrix()
+
+
+def _plate(table, plate, subregion="all"):
+    t = table[(table.plate == plate) & (table.subregion == subregion)]
+    return dict(zip(t.measure, t.value))
+
+
+def _measure(img, side="right"):
+    return morphometrics(img, "analytic", side=side, bones=("tibia",), crop_percent=None)
+
+
+@pytest.mark.parametrize("direction", [None, "tilted"])
+def test_flat_slab_volume_area_thickness(direction):
+    img = _label_map(_flat(), direction=_tilted() if direction else None)
+    _, thick, table, std, tmap = _measure(img)
+    area, t = np.pi * 13**2, 2.0
+    m = _plate(table, "MT")
+    assert m["VC"] == pytest.approx(area * t, rel=0.02)
+    assert m["tAB"] == pytest.approx(area, rel=0.03)
+    assert m["cAB"] == pytest.approx(area, rel=0.03)
+    # inside the plate the rays measure 2.00 mm; within ~0.5 mm of the slab's vertical rim the smoothed
+    # cartilage surface is rounded and they measure less, which takes the mean 0.05-0.08 mm low
+    assert m["ThCcAB.Me"] == pytest.approx(t, abs=0.1)
+    median = thick[(thick.region == "medial_tibial_cartilage") & (thick.stat == "median")].value_mm.item()
+    assert median == pytest.approx(t, abs=0.02)
+    assert m["dAB%"] < 1.0
+    assert m["AC"] == pytest.approx(area, rel=0.05)  # the top face (rims excluded)
+    assert _plate(table, "LT")["tAB"] == pytest.approx(np.pi * 12**2, rel=0.03)
+    # the five tibial subregions partition the plate, the central one 20 % of tAB
+    subs = {s: _plate(table, "MT", s) for s in ("cMT", "aMT", "pMT", "iMT", "eMT")}
+    assert sum(v["tAB"] for v in subs.values()) == pytest.approx(m["tAB"], rel=1e-9)
+    assert sum(v["VC"] for v in subs.values()) == pytest.approx(m["VC"], rel=1e-9)
+    assert subs["cMT"]["tAB"] / m["tAB"] == pytest.approx(0.20, abs=0.02)
+    for s in ("aMT", "pMT", "iMT", "eMT"):  # a disc: four near-equal triangles
+        assert subs[s]["tAB"] / m["tAB"] == pytest.approx(0.20, abs=0.03)
+    # geometry of the images = the label map's
+    for im in (std, tmap):
+        assert im.GetSize() == img.GetSize() and np.allclose(im.GetDirection(), img.GetDirection())
+        assert np.allclose(im.GetOrigin(), img.GetOrigin()) and np.allclose(im.GetSpacing(), img.GetSpacing())
+
+
+def test_subregion_sides_follow_anatomy():
+    """Internal (towards the eminence) and external subregions: on the right knee internal MT lies
+    lateral of the plate's centre, and a left knee (its mirror image) gives the same numbers."""
+    img = _label_map(_flat())
+    _, _, right, std, _ = _measure(img, "right")
+    _, _, left, std_l, _ = _measure(mirror_left_right(img), "left")
+    lab = sitk.GetArrayFromImage(std)
+    x = np.array([img.TransformIndexToPhysicalPoint((int(i), 0, 0))[0] for i in range(img.GetSize()[0])])
+    cols = {c: x[np.nonzero(lab == STD_SUBREGIONS[c])[2]].mean() for c in ("iMT", "eMT", "iLT", "eLT")}
+    assert cols["iMT"] < cols["eMT"]  # MT (x > 0, medial for a right knee): internal is lateral
+    assert cols["iLT"] > cols["eLT"]
+    _assert_mirrored(right, left)
+
+
+def _assert_mirrored(right, left, plate_rel=0.015, subregion_rel=0.06):
+    """Per plate within ``plate_rel`` (the area-based measures move with the mesh's vertices, which a
+    mirror image does not reproduce), per subregion within ``subregion_rel``; dAB% of 0 both sides."""
+    a = right.set_index(["plate", "subregion", "measure"]).value
+    b = left.set_index(["plate", "subregion", "measure"]).value.loc[a.index]
+    measure = a.index.get_level_values(2)
+    rel = ((b - a) / a.abs().clip(lower=1e-9)).abs()
+    keep = measure != "dAB%"
+    # the largest thickness (even ring-averaged) moves a few % with the mesh: held to the subregion bound
+    plate_level = rel[keep & (measure != "ThCcAB.Max") & (a.index.get_level_values(1) == "all")]
+    assert plate_level.max() < plate_rel, plate_level.sort_values().tail()
+    assert rel[keep].max() < subregion_rel, rel[keep].sort_values().tail()
+    assert ((b - a)[~keep].abs() < 1.0).all()  # dAB% in percentage points
+
+
+def test_curved_slab():
+    img = _label_map(_curved, size=(120, 80, 70), centre=(0.0, 0.0, -6.0))
+    _, _, table, _, _ = _measure(img)
+    radius, t, angle, length = 25.0, 2.0, 0.6, 16.0
+    m = _plate(table, "MT")
+    assert m["VC"] == pytest.approx(angle / 2 * ((radius + t) ** 2 - radius**2) * length, rel=0.02)
+    assert m["tAB"] == pytest.approx(radius * angle * length, rel=0.03)
+    assert m["ThCcAB.Me"] == pytest.approx(t, abs=0.1)  # the rim effect as above
+    # the articular surface of a convex shell is larger than its bone interface
+    assert m["AC"] > m["tAB"]
+
+
+def test_hole_is_denuded_bone():
+    img = _label_map(_flat(hole_mm=4.0))
+    _, _, table, _, _ = _measure(img)
+    m = _plate(table, "MT")
+    truth = 100 * 4.0**2 / 13.0**2
+    assert m["dAB%"] == pytest.approx(truth, rel=0.10)
+    assert m["tAB"] == pytest.approx(np.pi * 13**2, rel=0.03)
+    assert m["cAB"] == pytest.approx(np.pi * (13**2 - 4**2), rel=0.03)
+    assert m["ThCtAB.Me"] == pytest.approx(m["ThCcAB.Me"] * m["cAB"] / m["tAB"])
+    assert _plate(table, "LT")["dAB%"] < 1.0
+    # the bone outside the joint (the box's sides and bottom) is no plate's
+    assert m["tAB"] < 1.05 * np.pi * 13**2
+
+
+@pytest.fixture(scope="module")
+def phantom_knee():
+    from kneeflow import phantom as ph
+    from kneeflow.subregions import femoral_subregions
+
+    knee = ph.synthesize(109, "right", 0.6, 0.7, mese=False, lesions={"MT": 40.0, "cMF": 30.0})
+    img = sitk.GetImageFromArray(np.ascontiguousarray(knee.labels.transpose(2, 1, 0)))
+    img.SetSpacing(knee.spacing)
+    img.SetOrigin(knee.origin)
+    return knee, img, femoral_subregions(img, shrink=3, side="right")
+
+
+@pytest.mark.slow
+def test_phantom_against_truth_and_its_mirror(phantom_knee):
+    from kneeflow.subregions import femoral_subregions
+
+    knee, raw, labels = phantom_knee
+    _, thick, table, std, tmap = morphometrics(labels, "knee")
+    truth = knee.truth["morphometrics"]
+    for plate in ("F", "MT", "LT", "P"):
+        got = _plate(table, plate)
+        for m in ("VC", "tAB", "cAB"):
+            assert got[m] == pytest.approx(truth[plate][m], rel=0.05), (plate, m)
+    assert _plate(table, "MT")["dAB%"] == pytest.approx(truth["MT"]["dAB%"], rel=0.15)
+    assert _plate(table, "F")["dAB%"] == pytest.approx(truth["F"]["dAB%"], rel=0.15)
+    assert _plate(table, "cMF")["dAB%"] > 2.0 and _plate(table, "cLF")["dAB%"] < 1.0
+    for plate in ("LT", "P", "TrF"):
+        assert _plate(table, plate)["dAB%"] < 1.0, plate
+
+    # the thickness map: mean over a plate's voxels vs the mesh's mean (thickness.csv)
+    lab, tm = sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(tmap)
+    mean = thick[thick.stat == "mean"].set_index("region").value_mm
+    for region, labs in (("femoral_cartilage", [2, 11, 12, 13, 14, 15]), ("medial_tibial_cartilage", [MT]),
+                         ("lateral_tibial_cartilage", [LT]), ("patellar_cartilage", [1])):
+        sel = np.isin(lab, labs)
+        assert (tm[sel] > 0).mean() > 0.99
+        assert (tm[~np.isin(lab, [1, 2, 3, 4, 11, 12, 13, 14, 15])] == 0).all()
+        assert tm[sel].mean() == pytest.approx(mean[region], abs=0.1), region
+
+    # the same knee mirrored and declared left: the same numbers, medial stays medial
+    left = femoral_subregions(mirror_left_right(raw), shrink=3, side="left")
+    _, _, mirrored, _, _ = morphometrics(left, "knee", side="left")
+    _assert_mirrored(table, mirrored)
+
+
+@pytest.mark.slow
+@pytest.mark.reference
+def test_real_label_map_left_equals_mirrored_right():
+    from kneeflow import io
+    from kneeflow.subregions import femoral_subregions
+
+    path = SHARED / "SAG_3D_DESS_RIGHT_bones_cart_men_fib-label.nrrd"
+    if not path.exists():
+        pytest.skip(f"{path} is missing (../shared/data)")
+    right = femoral_subregions(io.load_label_map(str(path), PYMSKT), shrink=3, side="right")
+    left = femoral_subregions(mirror_left_right(io.load_label_map(str(path), PYMSKT)), shrink=3, side="left")
+    # the femoral plates of the left knee are the mirror image of the right's, voxel for voxel
+    assert np.array_equal(sitk.GetArrayFromImage(mirror_left_right(left)), sitk.GetArrayFromImage(right))
+    _, _, a, _, _ = morphometrics(right, "right")
+    _, _, b, _, _ = morphometrics(left, "left")
+    _assert_mirrored(a, b)
