@@ -29,6 +29,7 @@ rule export_model:
     params:
         code=script_code("export_model"),
         onnx_atol=EXPORT["onnx_atol"],
+        onnx_rtol=EXPORT["onnx_rtol"],
     script:
         "../scripts/export_model.py"
 
@@ -57,6 +58,7 @@ rule export_nnunet:
         code=script_code("export_nnunet"),
         net=lambda wc: EXPORT["nnunet"][wc.net],
         onnx_atol=EXPORT["onnx_atol"],
+        onnx_rtol=EXPORT["onnx_rtol"],
     script:
         "../scripts/export_nnunet.py"
 

@@ -11,7 +11,7 @@ def main(sm):
     name = sm.wildcards.model
     size = tuple(int(s) for s in meta.get("patch_size", (32, 32, 32)))
     rec = export.export_segmentation(net, meta, Path(sm.output.parity).parent, name, size=size)
-    export.require_parity(rec, "onnx", float(sm.params.onnx_atol))
+    export.require_parity(rec, "onnx", float(sm.params.onnx_atol), float(sm.params.onnx_rtol))
     return {str(sm.input.checkpoint): models.file_sha256(sm.input.checkpoint)}
 
 

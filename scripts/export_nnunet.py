@@ -9,7 +9,7 @@ from kneeflow.workflow.rule import run
 def main(sm):
     cfg = dict(sm.params.net)
     rec = export.export_nnunet(cfg, Path(sm.output.parity).parent, sm.wildcards.net)
-    export.require_parity(rec, "onnx", float(sm.params.onnx_atol))
+    export.require_parity(rec, "onnx", float(sm.params.onnx_atol), float(sm.params.onnx_rtol))
 
 
 run(snakemake, main)  # noqa: F821

@@ -238,3 +238,12 @@ def test_parity_over_tolerance_fails_the_export():
     with pytest.raises(export.ExportError, match="no coreml_fp32 artifact"):
         export.require_parity(rec, "coreml_fp32", 1e-4)
     export.require_parity({"name": "m", "artifacts": {"onnx": {"max_abs": 5e-5}}}, "onnx", 1e-4)
+    # the relative part scales with the outputs: 1.7e-4 on logits up to 30 passes 1e-4 + 1e-5 x 30 ...
+    big = {"name": "m", "artifacts": {"onnx": {"max_abs": 1.7e-4, "ref_max_abs": 30.0}}}
+    export.require_parity(big, "onnx", 1e-4, 1e-5)
+    # ... but not an absolute bound alone, nor the same error on outputs of ~1
+    with pytest.raises(export.ExportError, match=r"exceeds 0.0001 \+ 1e-05 x 1 = 0.00011"):
+        export.require_parity({"name": "m", "artifacts": {"onnx": {"max_abs": 1.7e-4, "ref_max_abs": 1.0}}},
+                              "onnx", 1e-4, 1e-5)
+    with pytest.raises(export.ExportError):
+        export.require_parity(big, "onnx", 1e-4)

@@ -219,7 +219,7 @@ def export_cmd(a) -> dict:
     net, meta = models.load_model(a.checkpoint)
     size = tuple(int(s) for s in meta.get("patch_size", (32, 32, 32)))
     rec = export.export_segmentation(net, meta, Path(a.out), a.name, size=size)
-    export.require_parity(rec, "onnx", a.onnx_atol)
+    export.require_parity(rec, "onnx", a.onnx_atol, a.onnx_rtol)
     return {"weights": {str(a.checkpoint): models.file_sha256(a.checkpoint)}}
 
 
@@ -419,6 +419,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt trained by kneeflow")
     p.add_argument("--name", required=True)
     p.add_argument("--onnx-atol", type=float, default=d["export"]["onnx_atol"])
+    p.add_argument("--onnx-rtol", type=float, default=d["export"]["onnx_rtol"],
+                   help="parity bound: onnx_atol + onnx_rtol x the largest |PyTorch output|")
     p.add_argument("--out", required=True, help="folder for <name>.onnx, the .mlpackages and parity.json")
 
     p = stage("bscore", bscore_cmd, ("model", "fits"), ("out",), sample=False)
