@@ -18,6 +18,8 @@ SEGMENT_IDS = [
     and (ROWS[s]["split"] == "test" or ROWS[s]["labels"] is None)
 ]
 DICE_IDS = [s for s in SEGMENT_IDS if ROWS[s]["reference_labels"] is not None]
+# segmented knees that also have provided labels: thickness from both (tables/thickness_auto.csv)
+AUTO_IDS = [s for s in DICE_IDS if ROWS[s]["labels"] is not None]
 
 
 def model_cfg(name):

@@ -45,6 +45,36 @@ rule table_morphometrics:
         "../scripts/aggregate.py"
 
 
+rule table_thickness_auto:
+    input:
+        provided=lambda wc: [f"results/{s}/thickness.csv" for s in AUTO_IDS],
+        auto=lambda wc: [
+            f"results/{s}/auto/{m}/thickness.csv" for m in MODELS for s in AUTO_IDS
+        ],
+        truth=lambda wc: (
+            [f"results/demo/{s}/truth.json" for s in AUTO_IDS]
+            if config["demo"]["activate"]
+            else []
+        ),
+    output:
+        table=report(
+            "results/tables/thickness_auto.csv",
+            caption="../report/thickness_auto.rst",
+            category="Tables",
+        ),
+    log:
+        "results/logs/tables/thickness_auto.log",
+    localrule: True
+    conda:
+        "../envs/base.yaml"
+    params:
+        code=script_code("thickness_auto"),
+        samples=lambda wc: AUTO_IDS,
+        models=MODELS,
+    script:
+        "../scripts/thickness_auto.py"
+
+
 rule table_t2:
     input:
         tables=lambda wc: [

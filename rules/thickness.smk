@@ -63,3 +63,42 @@ rule subregions:
     shell:
         "kneeflow subregions --sample {wildcards.sample} {params.options}"
         " --labels {input.labels:q} --out {output.labels:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime} --log {log:q}"
+
+
+# End to end: what a study would report from each model's own segmentation of the knees that have
+# reference labels, beside the provided label maps (results/tables/thickness_auto.csv).
+AUTO_REGIONS = (
+    "results/{sample}/auto/{model}/subregions.nii.gz"
+    if config["thickness"]["femoral_subregions"]
+    else "results/{sample}/labels/{model}.nii.gz"
+)
+
+
+use rule subregions as subregions_auto with:
+    input:
+        labels="results/{sample}/labels/{model}.nii.gz",
+    output:
+        labels="results/{sample}/auto/{model}/subregions.nii.gz",
+    log:
+        "results/logs/subregions_auto/{sample}.{model}.log",
+    benchmark:
+        "results/benchmarks/subregions_auto/{sample}.{model}.tsv"
+    wildcard_constraints:
+        model="|".join(MODELS) or "^$",
+
+
+use rule thickness as thickness_auto with:
+    input:
+        labels=AUTO_REGIONS,
+    output:
+        meshes=directory("results/{sample}/auto/{model}/meshes"),
+        table="results/{sample}/auto/{model}/thickness.csv",
+        morphometrics="results/{sample}/auto/{model}/morphometrics.csv",
+        subregions_std="results/{sample}/auto/{model}/subregions_std.nii.gz",
+        thickness_map="results/{sample}/auto/{model}/thickness_map.nii.gz",
+    log:
+        "results/logs/thickness_auto/{sample}.{model}.log",
+    benchmark:
+        "results/benchmarks/thickness_auto/{sample}.{model}.tsv"
+    wildcard_constraints:
+        model="|".join(MODELS) or "^$",
