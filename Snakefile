@@ -37,6 +37,7 @@ include: "rules/shape.smk"
 include: "rules/export.smk"
 include: "rules/tables.smk"
 include: "rules/figures.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -82,4 +82,5 @@ def all_targets():
         + export_targets()
         + ["results/provenance.tsv"]
         + figure_targets()
+        + (["results/report/index.html"] if config["report"]["activate"] else [])
     )
