@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from kneeflow import report
+from kneeflow.checksum import sha256
 from kneeflow.workflow.rule import run
 
 
@@ -24,6 +25,10 @@ def main(sm):
     weights = {}
     for w in prov.get("weights_sha256", pd.Series(dtype=str)).dropna():
         weights.update(json.loads(w) if isinstance(w, str) and w.startswith("{") else {})
+    # the weights this study ran: trained checkpoints and exports (sha256), plus any the provenance records
+    for pattern in ("results/models/*/checkpoint.pt", "results/models/*/model.pth", "results/export/*/*.onnx"):
+        for p in sorted(Path(".").glob(pattern)):
+            weights[str(p)] = sha256(p)
     first = prov.iloc[0] if len(prov) else {}
     run_info = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -31,7 +36,7 @@ def main(sm):
         "git commit": f"{first.get('git_commit', '')}{' (uncommitted changes)' if first.get('git_dirty') else ''}",
         "stages": ", ".join(f"{k} {'on' if v else 'off'}" for k, v in sm.params.stages.items()),
         "models": ", ".join(sm.params.models) or "none",
-        "weights sha256": "; ".join(f"{k}: {v}" for k, v in sorted(weights.items())) or "none recorded",
+        "weights sha256": "; ".join(f"{k}: {v[:16]}..." for k, v in sorted(weights.items())) or "none",
         "packages": first.get("packages", ""),
     }
     tables = {Path(t).stem: t for t in sm.input.tables}

@@ -112,7 +112,7 @@ def headline_numbers(tables: dict[str, pd.DataFrame | None], meta: pd.DataFrame)
         m = m[(m.subregion == "all") & m.measure.isin(["VC", "cAB", "dAB%"])].assign(
             group=lambda x: x["sample"].map(groups))
         out["morphometrics"] = (m.pivot_table(index=["plate", "group"], columns="measure", values="value",
-                                              aggfunc="mean").reset_index())
+                                              aggfunc="mean").rename_axis(columns=None).reset_index())
     p = tables.get("parity")
     if p is not None and not p.empty:
         out["parity"] = p
@@ -331,7 +331,8 @@ def knee_figure(mesh_dir, *, nsm_recon=None, max_triangles: int = 3000):
     fig = go.Figure(traces)
     fig.update_layout(scene={"aspectmode": "data", "xaxis_title": "x (mm, LPS)", "yaxis_title": "y (mm)",
                              "zaxis_title": "z (mm)"}, margin={"l": 0, "r": 0, "t": 30, "b": 0}, height=650,
-                      legend={"title": {"text": "click to show/hide"}}, paper_bgcolor="white")
+                      legend={"title": {"text": "click to show/hide"}, "x": 0.0, "xanchor": "left", "y": 1.0},
+                      paper_bgcolor="white")
     return fig
 
 
@@ -441,12 +442,14 @@ def build_report(out_dir, *, samples: list[str], meta: pd.DataFrame, results="re
             if df is not None and "sample" in df:
                 r = df[df["sample"] == s]
                 if key == "morphometrics":
-                    r = r[r.subregion == "all"].pivot_table(index="plate", columns="measure", values="value").reset_index()
+                    r = (r[r.subregion == "all"].pivot_table(index="plate", columns="measure", values="value")
+                         .rename_axis(columns=None).reset_index())
                 elif key == "thickness":
                     r = r[r.stat.isin(["mean", "median", "n_vertices"])].pivot_table(
-                        index=["bone", "region"], columns="stat", values="value_mm").reset_index()
+                        index=["bone", "region"], columns="stat", values="value_mm").rename_axis(columns=None).reset_index()
                 elif key == "t2" and "layer" in r:
-                    r = r[r.stat == "median"].pivot_table(index="region", columns="layer", values="value").reset_index()
+                    r = (r[r.stat == "median"].pivot_table(index="region", columns="layer", values="value")
+                         .rename_axis(columns=None).reset_index())
                 rows[key] = r
         page = knee_page(s, mesh_dir=res / s / "meshes", image=res / s / "image.nii.gz", labels=labels_of(s),
                          nsm_recon=res / s / "shape" / "nsm_recon.vtk", rows=rows, max_triangles=max_triangles)
