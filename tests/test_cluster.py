@@ -8,7 +8,6 @@ cancelled by SLURM must be retried with more memory, and the tables must equal a
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys

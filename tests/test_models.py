@@ -1,6 +1,5 @@
 """The model registry: every entry builds, runs forward on the CPU at a small size, counts parameters."""
 
-import json
 import subprocess
 import sys
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import yaml
-from conftest import ROOT, to_itk
+from conftest import ROOT
 
 from kneeflow import models, phantom
 
