@@ -7,8 +7,9 @@ label map, so no data is read) and four dry runs are timed:
 - kneeflow;
 - plain: a Snakefile whose rules chain the same number of jobs per sample with one input, one output
   and `shell:` only (the issue's comparison);
-- declared: the same chain declaring what kneeflow's per-sample rules declare (the meshes folder
-  beside each thickness table, log, benchmark, conda, threads, resources, params), still `shell:`:
+- declared: the same chain declaring what kneeflow's per-sample rules declare (the meshes folder,
+  morphometrics table, subregion map and thickness map beside each thickness table, log, benchmark,
+  conda, threads, resources, params), still `shell:`:
   Snakemake's own cost of those files and directives, so kneeflow / declared is the cost of
   kneeflow's code (sheet checks, config schema, input patterns, its other rules);
 - declared, script: the same with `script:`, which Snakemake reads and caches once per job: the
@@ -74,7 +75,10 @@ DECLARED_SCRIPT = PLAIN.replace(
     script: "noop.py"''').replace(
     '''    output: "results/{sample}/thickness.csv"
     shell: "touch {output}"''',
-    '''    output: meshes=directory("results/{sample}/meshes"), table="results/{sample}/thickness.csv"
+    '''    output: meshes=directory("results/{sample}/meshes"), table="results/{sample}/thickness.csv",
+            morphometrics="results/{sample}/morphometrics.csv",
+            subregions_std="results/{sample}/labels/subregions_std.nii.gz",
+            thickness_map="results/{sample}/thickness_map.nii.gz"
     log: "results/logs/thickness/{sample}.log"
     benchmark: "results/benchmarks/thickness/{sample}.tsv"
     conda: "env.yaml"

@@ -15,10 +15,11 @@ def test_dag_benchmark_runs_and_plans_as_many_jobs_per_scan(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     (row,) = json.loads((tmp_path / "dag.json").read_text())
     assert row["samples"] == n
-    # two jobs a scan (import_labels, thickness) in each; kneeflow adds cohort jobs only (table,
-    # runtime, thickness and thickness-map figures, provenance, all: 6 against the chains' 3)
+    # two jobs a scan (import_labels, thickness) in each; kneeflow adds cohort jobs only (thickness and
+    # morphometrics tables, runtime, thickness, thickness-map and morphometrics figures, provenance,
+    # the study report, all: 9 against the chains' 3)
     assert row["jobs_plain"] == 2 * n + 3 and row["jobs_declared"] == row["jobs_plain"]
-    assert row["jobs_kneeflow"] == 2 * n + 6
+    assert row["jobs_kneeflow"] == 2 * n + 9
     for k in ("kneeflow_s", "plain_s", "declared_s", "declared_script_s"):
         assert row[k] > 0
     # the ratio comes from unrounded times, the times are printed to 0.01 s
