@@ -6,7 +6,12 @@ def cohort_tables():
     with_labels = [s for s in IDS if has_any_labels(s)]
     if MODELS and DICE_IDS:
         t.append("results/tables/dice.csv")
-    if MODELS and AUTO_IDS and config["thickness"]["activate"] and config["thickness"]["from_models"]:
+    if (
+        MODELS
+        and AUTO_IDS
+        and config["thickness"]["activate"]
+        and config["thickness"]["from_models"]
+    ):
         t.append("results/tables/thickness_auto.csv")
     if config["thickness"]["activate"] and with_labels:
         t.append("results/tables/thickness.csv")
