@@ -241,11 +241,12 @@ def test_changing_one_parameter_plans_only_its_dependents(small_demo):
     (wd / "config" / "changed.yaml").write_text(yaml.safe_dump(cfg))
     r = smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/changed.yaml", "-n", cwd=wd)
     jobs = _planned(r.stdout + r.stderr)
-    # the thickness jobs and what reads them (cohort table, provenance, the figures drawn from them)
-    # ... and the shape stage, which reads the meshes
-    assert jobs == {"thickness": 3, "table_thickness": 1, "provenance": 1, "fig_thickness": 1,
-                    "fig_thickness_maps": 1, "fig_runtime": 1, "train_nsm": 1, "fit_nsm_0": 1, "fit_bscore": 1,
-                    "bscore": 1, "fig_bscore": 1, "all": 1, "total": 14}, jobs
+    # the thickness jobs and what reads them (thickness and morphometrics tables, provenance, the
+    # figures drawn from them, the study report) ... and the shape stage, which reads the meshes
+    assert jobs == {"thickness": 3, "table_thickness": 1, "table_morphometrics": 1, "provenance": 1,
+                    "fig_thickness": 1, "fig_thickness_maps": 1, "fig_morphometrics": 1, "fig_runtime": 1,
+                    "train_nsm": 1, "fit_nsm_0": 1, "fit_bscore": 1, "bscore": 1, "fig_bscore": 1, "report_html": 1,
+                    "all": 1, "total": 17}, jobs
     assert "Params have changed since last execution" in r.stdout + r.stderr
     changes = smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/changed.yaml",
                   "--list-changes", "params", cwd=wd).stdout
