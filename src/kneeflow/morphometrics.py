@@ -76,6 +76,7 @@ PLATE_LABELS: dict[int, str] = {
     CANONICAL["femoral_cartilage"]: "F",  # femoral cartilage not split into plates
     **FEMUR_PLATES,
 }
+LABEL_OF_PLATE = {v: k for k, v in PLATE_LABELS.items()}
 BONE_OF_PLATE = {"MT": "tibia", "LT": "tibia", "P": "patella", **{p: "femur" for p in ("F", *FEMUR_PLATES.values())}}
 CARTILAGE_MESH = {"tibia": ("medial_tibial_cartilage", "lateral_tibial_cartilage"), "patella": ("patellar_cartilage",),
                   "femur": ("femoral_cartilage",)}
@@ -89,7 +90,6 @@ STD_SUBREGIONS: dict[str, int] = {
     "TrF": 70, "pMF": 71, "pLF": 72, "F": 73,
     "P": 80,
 }
-_CODE_NAME = {v: k for k, v in STD_SUBREGIONS.items()}
 _TIBIAL_FRACTION = 0.20
 
 
@@ -283,7 +283,7 @@ def knee_frame(voxels: dict[str, np.ndarray], bones: dict[str, BoneInterface], s
                          "weight-bearing plates are in the label map, and no side was given")
     sources.append(how)
     tib = bones.get("tibia")
-    lab = {v: k for k, v in PLATE_LABELS.items()}
+    lab = LABEL_OF_PLATE
     plateau = np.isin(tib.plate, [lab["MT"], lab["LT"]]) if tib is not None else None
     if plateau is not None and plateau.any():
         superior = _unit((tib.normals * (tib.area * plateau)[:, None]).sum(0))
@@ -451,7 +451,7 @@ def measure_plates(labels_img, meshes: dict, sample: str, *, min_denuded_mm2: fl
         vox_code[name] = plate_sub.codes(xyz)
         std[kji] = vox_code[name].astype(np.uint8)
         bi = bones.get(BONE_OF_PLATE[name])
-        lab = {v: k for k, v in PLATE_LABELS.items()}[name]
+        lab = LABEL_OF_PLATE[name]
         meas = np.nonzero(bi.measured & (bi.plate == lab))[0] if bi is not None else np.array([], int)
         if bi is not None and meas.size == 0 and name == "F":  # leftovers of the split: any femoral plate
             meas = np.nonzero(bi.measured)[0]

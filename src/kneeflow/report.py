@@ -162,6 +162,14 @@ def log_warnings(log_dir, limit: int = 50) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------------------------ images
 
 
+def _overlay(labels: np.ndarray, alpha: float) -> np.ndarray:
+    """RGBA of a 2-D label slice in LABEL_COLOURS (femoral subregions 11-15 as femoral cartilage)."""
+    rgba = np.zeros((*labels.shape, 4))
+    for v, col in LABEL_COLOURS.items():
+        rgba[(labels == v) | ((v == 2) & (labels >= 11) & (labels <= 15))] = (*col, alpha)
+    return rgba
+
+
 def _volume_lps(path):
     import SimpleITK as sitk
 
@@ -191,11 +199,7 @@ def label_overlay_png(image_path, labels_path) -> str:
              ("axial", a[c[0]], lab[c[0]], sp[1] / sp[0]))
     for ax, (name, im, lb, aspect) in zip(axes, views):
         ax.imshow(im, cmap="gray", vmin=lo, vmax=hi, origin="lower", aspect=aspect)
-        rgba = np.zeros((*lb.shape, 4))
-        for v, col in LABEL_COLOURS.items():
-            m = (lb == v) | ((v == 2) & (lb >= 11) & (lb <= 15))
-            rgba[m] = (*col, 0.45)
-        ax.imshow(rgba, origin="lower", aspect=aspect)
+        ax.imshow(_overlay(lb, 0.45), origin="lower", aspect=aspect)
         ax.set_title(name)
         ax.set_axis_off()
     return _png(fig)
@@ -231,11 +235,8 @@ def qc_montage(samples: list[str], images: list, labels: list, out_png, *, per_p
                 lo, hi = np.percentile(a, [1, 99.5])
                 ax.imshow(a[:, :, x], cmap="gray", vmin=lo, vmax=hi, origin="lower",
                           aspect=lab_img.GetSpacing()[2] / lab_img.GetSpacing()[1])
-                rgba = np.zeros((*lab.shape[:2], 4))
-                sl = lab[:, :, x]
-                for v, col in LABEL_COLOURS.items():
-                    rgba[(sl == v) | ((v == 2) & (sl >= 11) & (sl <= 15))] = (*col, 0.5)
-                ax.imshow(rgba, origin="lower", aspect=lab_img.GetSpacing()[2] / lab_img.GetSpacing()[1])
+                ax.imshow(_overlay(lab[:, :, x], 0.5), origin="lower",
+                          aspect=lab_img.GetSpacing()[2] / lab_img.GetSpacing()[1])
                 ax.set_title(samples[i], fontsize=8)
             except Exception as e:  # one unreadable knee shows as such, the montage still draws
                 ax.text(0.5, 0.5, f"{samples[i]}\n{type(e).__name__}", ha="center", va="center", color="#a33",
@@ -301,22 +302,18 @@ def knee_figure(mesh_dir, *, nsm_recon=None, max_triangles: int = 3000):
         traces.append(go.Mesh3d(x=pts[:, 0].round(1), y=pts[:, 1].round(1), z=pts[:, 2].round(1), i=tri[:, 0],
                                 j=tri[:, 1], k=tri[:, 2], color="#d9d4c7", opacity=1.0, name=bone, showlegend=True,
                                 legendgroup="bones", flatshading=False, hoverinfo="name"))
-    tree = cKDTree(np.concatenate(bone_pts)) if bone_pts else None
-    thick = np.concatenate(bone_t) if bone_t else None
-    cmax = float(np.percentile(thick[thick > 0], 99)) if thick is not None and (thick > 0).any() else 4.0
+    thick = np.concatenate(bone_t) if bone_t else np.zeros(0)
+    covered = thick > 0
+    # the thickness of the nearest bone vertex that has cartilage
+    tree = cKDTree(np.concatenate(bone_pts)[covered]) if covered.any() else None
+    cmax = float(np.percentile(thick[covered], 99)) if covered.any() else 4.0
     first = True
     for cart in CARTILAGE_MESHES:
         p = mesh_dir / f"{cart}.vtk"
         if not p.exists():
             continue
         pts, tri = _arrays(_decimated(M.read_vtk(p), max_triangles))
-        if tree is not None:
-            # the thickness of the nearest bone vertex that has cartilage
-            sel = thick > 0
-            _, j = cKDTree(np.concatenate(bone_pts)[sel]).query(pts)
-            val = thick[sel][j]
-        else:
-            val = np.zeros(len(pts))
+        val = thick[covered][tree.query(pts)[1]] if tree is not None else np.zeros(len(pts))
         traces.append(go.Mesh3d(
             x=pts[:, 0].round(1), y=pts[:, 1].round(1), z=pts[:, 2].round(1), i=tri[:, 0], j=tri[:, 1], k=tri[:, 2],
             intensity=val.round(2), colorscale="Viridis", cmin=0.0, cmax=round(cmax, 2), name=cart, legendgroup="cartilage",
