@@ -32,8 +32,8 @@ rule fig_thickness_maps:
         "../envs/figures.yaml"
     params:
         code=script_code("figures/thickness_maps"),
-        samples=lambda wc: [s for s in IDS if has_any_labels(s)],
-        meshes=lambda wc: [f"results/{s}/meshes" for s in IDS if has_any_labels(s)],
+        samples=lambda wc: WITH_LABELS,
+        meshes=lambda wc: [f"results/{s}/meshes" for s in WITH_LABELS],
         meta=lambda wc: sample_meta(),
     script:
         "../scripts/figures/thickness_maps.py"

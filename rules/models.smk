@@ -80,6 +80,10 @@ def has_any_labels(s):
     return has_labels(s) or (bool(MODELS) and s in SEGMENT_IDS)
 
 
+# the samples the analyses run on (given or segmented labels), listed once for the cohort rules
+WITH_LABELS = [s for s in IDS if has_any_labels(s)]
+
+
 # The analyses' label map (LABELS), with femoral subregions (11-15) when configured (REGIONS): a
 # plain pattern where it is the same for every sample, since Snakemake's call of an input function
 # costs about 0.1 ms a job (a graph of 10k scans: 1 s each).
@@ -100,7 +104,7 @@ SHAPE = config["shape"]
 NSM = SHAPE["name"]
 NSM_PRETRAINED = SHAPE["pretrained"].get("folder", "")
 # knees with label maps (so with meshes): all are fitted; training uses the train split only
-NSM_FIT_IDS = [s for s in IDS if has_any_labels(s)] if SHAPE["activate"] else []
+NSM_FIT_IDS = WITH_LABELS if SHAPE["activate"] else []
 NSM_TRAIN_IDS = (
     [s for s in NSM_FIT_IDS if ROWS[s]["split"] != "test"] if not NSM_PRETRAINED else []
 )

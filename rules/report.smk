@@ -16,23 +16,14 @@ rule report_html:
         "../envs/figures.yaml"
     params:
         code=script_code("report"),
-        samples=lambda wc: [s for s in IDS if has_any_labels(s)],
+        samples=lambda wc: WITH_LABELS,
         meta=lambda wc: sample_meta(),
         split=lambda wc: [ROWS[s]["split"] for s in IDS],
         models=MODELS,
         max_triangles=config["report"]["max_triangles"],
         stages=lambda wc: {
-            k: bool(config[k]["activate"])
-            for k in (
-                "demo",
-                "segmentation",
-                "thickness",
-                "t2",
-                "shape",
-                "export",
-                "figures",
-            )
-            if k in config
+            k: bool(config[k]["activate"]) for k in REPORT_STAGES if k in config
         },
+        settings=lambda wc: stage_settings(),
     script:
         "../scripts/report.py"

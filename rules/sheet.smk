@@ -48,6 +48,10 @@ def has_image(s):
     return ROWS[s]["image"] is not None
 
 
+# the samples with a scan, listed once for the cohort rules
+IMAGE_IDS = [s for s in IDS if has_image(s)]
+
+
 def has_echoes(s):
     return ROWS[s]["echoes"] is not None or ROWS[s]["sequence"] == "mese"
 

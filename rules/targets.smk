@@ -3,7 +3,6 @@
 
 def cohort_tables():
     t = []
-    with_labels = [s for s in IDS if has_any_labels(s)]
     if MODELS and DICE_IDS:
         t.append("results/tables/dice.csv")
     if (
@@ -13,12 +12,12 @@ def cohort_tables():
         and config["thickness"]["from_models"]
     ):
         t.append("results/tables/thickness_auto.csv")
-    if config["thickness"]["activate"] and with_labels:
+    if config["thickness"]["activate"] and WITH_LABELS:
         t.append("results/tables/thickness.csv")
         t.append("results/tables/morphometrics.csv")
-    if config["t2"]["activate"] and any(has_echoes(s) for s in with_labels):
+    if config["t2"]["activate"] and any(has_echoes(s) for s in WITH_LABELS):
         t.append("results/tables/t2.csv")
-    if any(has_image(s) for s in IDS):
+    if IMAGE_IDS:
         t.append("results/tables/qc.csv")
     if NSM_FIT_IDS and (BSCORE_FIT_IDS or SHAPE["bscore_model"]):
         t.append("results/tables/bscore.csv")
@@ -80,7 +79,7 @@ def figure_targets():
 
 
 def all_targets():
-    t = [f"results/{s}/qc.json" for s in IDS if has_image(s)]
+    t = [f"results/{s}/qc.json" for s in IMAGE_IDS]
     return (
         t
         + cohort_tables()
@@ -89,3 +88,34 @@ def all_targets():
         + figure_targets()
         + (["results/report/index.html"] if config["report"]["activate"] else [])
     )
+
+
+REPORT_STAGES = (
+    "demo",
+    "segmentation",
+    "thickness",
+    "t2",
+    "shape",
+    "export",
+    "figures",
+)
+
+
+def stage_settings():
+    """Each stage's scalar settings from the config, and the segmentation models by kind."""
+    out = {
+        k: {
+            n: v
+            for n, v in (config.get(k) or {}).items()
+            if n != "activate" and isinstance(v, (str, int, float, bool))
+        }
+        for k in REPORT_STAGES
+    }
+    out["segmentation"]["models"] = (
+        ", ".join(
+            f"{m} ({' + '.join(x for x in ('train', 'nnunet', 'onnx') if x in c)})"
+            for m, c in config["segmentation"]["models"].items()
+        )
+        or "none"
+    )
+    return out

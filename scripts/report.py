@@ -44,7 +44,8 @@ def main(sm):
     out = Path(sm.output.index).parent
     report.build_report(out, samples=list(sm.params.samples), meta=meta, results="results", tables=tables,
                         parity=list(sm.input.parity), run_info=run_info, figures=figures, log_dir="results/logs",
-                        max_triangles=int(sm.params.max_triangles))
+                        max_triangles=int(sm.params.max_triangles), stages=dict(sm.params.stages),
+                        settings=dict(sm.params.settings))
 
 
 run(snakemake, main)  # noqa: F821

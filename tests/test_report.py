@@ -42,6 +42,7 @@ def study(tmp_path_factory):
         (d / "meshes").mkdir()
         for name, poly in meshes.items():
             mesh.write_vtk(poly, d / "meshes" / f"{name}.vtk")
+        write_table(t, d / "thickness.csv")
         thick.append(t)
         morpho.append(m)
         lab = sitk.GetArrayFromImage(img)
@@ -61,7 +62,9 @@ def study(tmp_path_factory):
     meta = pd.DataFrame(meta)
     out = build_report(res / "report", samples=["kneeA", "kneeB"], meta=meta, results=res,
                        tables={k: str(v) for k, v in tables.items()}, run_info={"git commit": "abc123"},
-                       log_dir=res / "logs", max_triangles=800)
+                       log_dir=res / "logs", max_triangles=800,
+                       stages={"demo": False, "segmentation": True, "thickness": True, "t2": False},
+                       settings={"thickness": {"ray_in_mm": 2.5}})
     return {"root": root, "res": res, "out": out, "tables": tables, "meta": meta}
 
 
@@ -113,6 +116,22 @@ def test_landing_numbers_equal_the_tables(study):
         assert float(r.mean_mm) == pytest.approx(want, rel=5e-3), (r.region, r.group)
     # warnings from the logs, the cohort, what ran
     assert "kneeC: label map is empty" in page and "abc123" in page and "2 knees" in page
+
+
+def test_landing_page_describes_every_stage(study):
+    from kneeflow.report import STAGES
+
+    page = study["out"]["index"].read_text()
+    stages = _tables(page, "what it does")[0].set_index("stage")
+    assert list(stages.index) == list(STAGES)
+    assert stages.loc["thickness", "ran"] == "on" and stages.loc["t2", "ran"] == "off"
+    assert stages.loc["ingest", "ran"] == "on"  # not a switch: every scan is read
+    assert "ray_in_mm 2.5" in stages.loc["thickness", "settings"]
+    assert stages.loc["thickness", "files"].startswith("2 of 2 knees")  # both wrote theirs
+    assert stages.loc["t2", "files"].startswith("0 of 2 knees")
+    assert stages.loc["figures", "files"] == "0 x figures/*.png"
+    for name, (what, _) in STAGES.items():
+        assert stages.loc[name, "what it does"] == what
 
 
 def test_knee_pages_are_offline_and_carry_the_3d_view(study):

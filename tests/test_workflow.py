@@ -255,6 +255,23 @@ def test_changing_one_parameter_plans_only_its_dependents(small_demo):
 
 
 @pytest.mark.slow
+def test_a_missing_morphometrics_table_reruns_its_job(small_demo):
+    """The cohort morphometrics table lists the per-sample tables as a parameter (the cohort thickness
+    table, written from the same jobs, is its input): a deleted per-sample table still reruns its job."""
+    wd, _ = small_demo
+    f = wd / "results" / "knee02" / "morphometrics.csv"
+    saved = f.read_bytes()
+    f.unlink()
+    try:
+        r = smk("-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", "config/small.yaml", "-n", cwd=wd)
+        jobs = _planned(r.stdout + r.stderr)
+        assert jobs["thickness"] == 1 and jobs["table_morphometrics"] == 1, jobs
+        assert "results/knee02/morphometrics.csv" in r.stdout + r.stderr
+    finally:
+        f.write_bytes(saved)
+
+
+@pytest.mark.slow
 def test_a_printed_command_reruns_its_job_by_hand(small_demo):
     """`snakemake -n -p` prints each per-sample job as a `kneeflow` command; run by hand, it gives the
     same table."""

@@ -14,7 +14,7 @@ structure) and coordinates rounded to 0.1 mm to keep the report small enough to 
 from __future__ import annotations
 
 __all__ = ["CARTILAGE_MESHES", "build_report", "knee_figure", "knee_page", "landing_page", "label_overlay_png",
-           "qc_montage", "headline_numbers"]
+           "qc_montage", "headline_numbers", "stages_table", "STAGES"]
 
 import base64
 import html
@@ -36,6 +36,33 @@ PLATES = CARTILAGE_MESHES
 LABEL_COLOURS = {1: (0.90, 0.10, 0.55), 2: (0.95, 0.35, 0.10), 3: (0.10, 0.75, 0.30), 4: (0.10, 0.55, 0.95),
                  5: (0.60, 0.30, 0.90), 6: (0.35, 0.90, 0.90), 7: (0.95, 0.90, 0.30), 8: (0.55, 0.85, 0.45),
                  9: (0.95, 0.60, 0.70)}
+#: what each stage does, and the per-knee or per-study files it writes (glob, relative to results/):
+#: the landing page's "Stages" table lists them with on/off, the settings and the files found
+STAGES = {
+    "demo": ("Synthesises the demo cohort: phantom knees (scan, label map, multi-echo series and "
+             "truth.json with the analytic thickness, morphometrics and T2) from the sheet's rows.",
+             "demo/*/truth.json"),
+    "ingest": ("Reads each scan (DICOM series or NIfTI), checks its header and geometry, writes it as "
+               "NIfTI with QC numbers (SNR, spacing, orientation); label maps given by the sheet are "
+               "checked against the scan and remapped to the canonical labels.", "*/qc.json"),
+    "segmentation": ("Trains the configured models on the train split (or loads nnU-Net / ONNX models "
+                     "with their checksums), segments every scan in batches, keeps each label's "
+                     "largest component, and scores held-out knees against their labels (Dice, ASSD).",
+                     "*/labels/*.nii.gz"),
+    "thickness": ("Meshes bones and cartilage from the label map, registers the femoral subregions, "
+                  "measures cartilage thickness along the bone's normals, and computes the "
+                  "morphometrics (VC, tAB, cAB, dAB%, AC, thickness per plate and Wirth & Eckstein "
+                  "subregion) and a thickness-map image.", "*/thickness.csv"),
+    "t2": ("Fits T2 per voxel from the multi-echo series and summarises it per plate, subregion and "
+           "layer (deep / superficial).", "*/t2.csv"),
+    "shape": ("Fits the femur neural shape model (NSM) to each knee's femur mesh (latent code and "
+              "reconstruction) and places it on the healthy-to-OA BScore axis.", "*/shape/latent.npy"),
+    "export": ("Exports trained models to ONNX (and CoreML where coremltools runs) and checks the "
+               "exported model's output against PyTorch's; an error above the bound fails the job.",
+               "export/*/parity.json"),
+    "figures": ("Draws the paper's figures from the cohort tables (png, pdf and the plotted data).",
+                "figures/*.png"),
+}
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
@@ -356,13 +383,35 @@ def knee_page(sample: str, *, mesh_dir, image=None, labels=None, nsm_recon=None,
     return _page(f"kneeflow: {sample}", "".join(parts), plotly_src)
 
 
+def stages_table(stages: dict[str, bool], settings: dict[str, dict], results="results",
+                 samples: list[str] = ()) -> pd.DataFrame:
+    """One row per stage: on/off, what it does, its settings (the config's values) and its files found
+    under ``results`` (per-knee files: in how many of ``samples``' folders; a stage that is on with
+    fewer flags knees that did not finish)."""
+    rows = []
+    for name, (what, pattern) in STAGES.items():
+        on = stages.get(name, True) if name != "ingest" else True
+        if pattern.startswith("*/"):
+            n = sum(any(Path(results, s).glob(pattern[2:])) for s in samples)
+            found = f"{n} of {len(samples)} knees: {pattern}"
+        else:
+            found = f"{len(list(Path(results).glob(pattern)))} x {pattern}"
+        cfg = "; ".join(f"{k} {v}" for k, v in (settings.get(name) or {}).items())
+        rows.append({"stage": name, "ran": "on" if on else "off", "what it does": what,
+                     "settings": cfg, "files": found})
+    return pd.DataFrame(rows)
+
+
 def landing_page(*, run_info: dict, meta: pd.DataFrame, numbers: dict[str, pd.DataFrame],
                  warnings: list[tuple[str, str]], figures: list[tuple[str, str, str]], montage: list[Path],
-                 knee_links: dict[str, str]) -> str:
+                 knee_links: dict[str, str], stages: pd.DataFrame | None = None) -> str:
     p = ['<h1>kneeflow study report</h1>']
     p.append("<h2>What was run</h2><table>" + "".join(
         f"<tr><th>{html.escape(k)}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
         for k, v in run_info.items()) + "</table>")
+    if stages is not None:
+        p.append("<h2>Stages</h2><p class='def'>What each stage does, whether it ran, its settings and "
+                 "the files it left (under results/).</p>" + _table(stages))
     m = meta.copy()
     for c in ("group", "side", "split"):
         if c in m:
@@ -408,7 +457,8 @@ def write_plotlyjs(out_dir) -> Path:
 
 def build_report(out_dir, *, samples: list[str], meta: pd.DataFrame, results="results",
                  tables: dict[str, str | None], parity: list = (), run_info: dict, figures=(),
-                 log_dir=None, label_name=None, max_triangles: int = 3000) -> dict:
+                 log_dir=None, label_name=None, max_triangles: int = 3000, stages: dict | None = None,
+                 settings: dict | None = None) -> dict:
     """Write index.html, knees/<sample>.html, plotly.min.js and qc_montage*.png into ``out_dir``.
 
     ``label_name(sample)`` gives the label map shown for a knee (default: subregions, provided or the
@@ -457,7 +507,8 @@ def build_report(out_dir, *, samples: list[str], meta: pd.DataFrame, results="re
                          [labels_of(s) for s in with_labels], out / "qc_montage.png")
     numbers = headline_numbers(loaded, meta)
     index = landing_page(run_info=run_info, meta=meta, numbers=numbers, warnings=log_warnings(log_dir),
-                         figures=list(figures), montage=montage, knee_links=links)
+                         figures=list(figures), montage=montage, knee_links=links,
+                         stages=stages_table(stages or {}, settings or {}, res, samples))
     (out / "index.html").write_text(index, encoding="utf-8")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     log.info("report: %s (%.1f MB)", out / "index.html", size / 1e6)
