@@ -252,6 +252,37 @@ def add_point_array(poly, name: str, values: np.ndarray) -> None:
     poly.GetPointData().AddArray(arr)
 
 
+def transform(poly, matrix: np.ndarray, offset: np.ndarray):
+    """``poly`` with its points mapped to ``matrix @ x + offset`` (an orthogonal ``matrix``). Point arrays
+    are kept (VTK transforms the normals); a reflection (det < 0) reverses the triangles' order, so
+    the surface keeps facing outwards."""
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    for i in range(3):
+        for j in range(3):
+            m.SetElement(i, j, float(matrix[i, j]))
+        m.SetElement(i, 3, float(offset[i]))
+    t = vtk.vtkTransform()
+    t.SetMatrix(m)
+    f = vtk.vtkTransformPolyDataFilter()
+    f.SetTransform(t)
+    f.SetInputData(poly)
+    f.SetOutputPointsPrecision(vtk.vtkAlgorithm.DOUBLE_PRECISION)
+    f.Update()
+    out = f.GetOutput()
+    if np.linalg.det(matrix) < 0:
+        r = vtk.vtkReverseSense()
+        r.SetInputData(out)
+        r.ReverseCellsOn()
+        r.ReverseNormalsOff()
+        r.Update()
+        out = r.GetOutput()
+    res = vtk.vtkPolyData()
+    res.DeepCopy(out)
+    return res
+
+
 def write_vtk(poly, path: str | os.PathLike) -> None:
     """Legacy .vtk (binary), written atomically."""
     import vtk

@@ -528,13 +528,26 @@ def measure_plates(labels_img, meshes: dict, sample: str, *, min_denuded_mm2: fl
 
 
 def morphometrics(labels_img, sample: str = "", *, min_denuded_mm2: float = 4.0, side: str | None = None,
-                  **mesh_options):
-    """Meshes, thickness and morphometrics of a label map in one call (see :func:`measure_plates`).
+                  plates: bool = True, **mesh_options):
+    """Meshes, thickness and morphometrics of a label map in one call (see :func:`measure_plates`),
+    measured in the knee's canonical frame (:func:`kneeflow.orientation.canonical_knee`: a left knee
+    as its mirror image, any scan orientation on one array), so a knee and its mirror image give the
+    same numbers; meshes and images come back in the label map's world and grid.
 
-    Returns ``(meshes, thickness_table, morphometrics_table, std_labels, thickness_map)``.
+    Returns ``(meshes, thickness_table, morphometrics_table, std_labels, thickness_map)`` (the last
+    three None with ``plates=False``).
     """
+    from kneeflow.orientation import canonical_knee
     from kneeflow.thickness import measure_knee
 
-    meshes, thick = measure_knee(labels_img, sample, **mesh_options)
-    table, std, tmap = measure_plates(labels_img, meshes, sample, min_denuded_mm2=min_denuded_mm2, side=side)
+    frame = canonical_knee(labels_img, side, source=mesh_options.get("source", ""))
+    meshes, thick = measure_knee(frame.image, sample, **mesh_options)
+    table = std = tmap = None
+    if plates:
+        table, std, tmap = measure_plates(frame.image, meshes, sample, min_denuded_mm2=min_denuded_mm2,
+                                          side=frame.canonical_side)
+        std, tmap = frame.to_original(std), frame.to_original(tmap)
+    from kneeflow.mesh import transform
+
+    meshes = {name: transform(poly, frame.matrix, frame.offset) for name, poly in meshes.items()}
     return meshes, thick, table, std, tmap

@@ -63,20 +63,24 @@ def femoral_subregions(labels_img, reference: str | os.PathLike | None = None, *
                        side: str = "right"):
     """Return a copy of a canonical label map with femoral cartilage (2) split into 11-15.
 
-    ``side``: the knee's side; a left knee is registered as its mirror image (the reference is a right
-    knee). Deterministic: the registration samples a fixed fraction of voxels with a fixed seed.
+    The registration runs in the knee's canonical frame (:func:`kneeflow.orientation.canonical_knee`:
+    axes in LPS order, a left knee as its mirror image, since the reference is a right knee), so a
+    knee and its mirror image get mirror-image subregions voxel for voxel, however the mirror was
+    made. ``side``: the knee's side where the anatomy (the tibial plates) cannot tell. Deterministic:
+    the registration samples a fixed fraction of voxels with a fixed seed.
     """
-    import SimpleITK as sitk
+    from kneeflow.orientation import canonical_knee
 
     if side not in ("right", "left"):
         raise ValueError(f"side must be 'right' or 'left', got {side!r}")
-    if side == "left":
-        from kneeflow.orientation import mirror_left_right
+    frame = canonical_knee(labels_img, side)
+    return frame.to_original(_register_subregions(frame.image, reference, shrink, seed))
 
-        out = mirror_left_right(femoral_subregions(mirror_left_right(labels_img), reference, shrink=shrink,
-                                                   seed=seed, side="right"))
-        out.CopyInformation(labels_img)
-        return out
+
+def _register_subregions(labels_img, reference, shrink: int, seed: int):
+    """femoral_subregions of a right knee's label map, on its own grid."""
+    import SimpleITK as sitk
+
     from pymskt.image.cartilage_processing import get_aligned_cartilage_subregions
 
     arr = sitk.GetArrayViewFromImage(labels_img)

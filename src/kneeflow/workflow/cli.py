@@ -79,24 +79,22 @@ def labels(a) -> dict:
 def thickness(a) -> dict:
     """Label map -> bone/cartilage meshes (--meshes folder, LPS mm), the tidy thickness --table and,
     when asked, the standard morphometrics (--morphometrics table, --subregions-std label map,
-    --thickness-map image on the label map's grid)."""
+    --thickness-map image on the label map's grid). Measured in the knee's canonical frame (a left knee
+    as its mirror image; the side from the anatomy, --side where it cannot tell)."""
     from kneeflow import io, mesh
     from kneeflow.atomic import write_table
-    from kneeflow.thickness import measure_knee
+    from kneeflow.morphometrics import morphometrics
 
-    lab = io.read_volume(a.labels, what="label map")
-    meshes, table = measure_knee(
-        lab, a.sample, n_points=_mapping(a.n_points), bone_smooth_var_mm2=a.bone_smooth_var_mm2,
-        cartilage_smooth_var_mm2=a.cartilage_smooth_var_mm2, ray_in=a.ray_in_mm, ray_out=a.ray_out_mm,
-        crop_percent=1.0 if a.crop_shafts else None, source=str(a.labels),
-    )
     extra = [a.morphometrics, a.subregions_std, a.thickness_map]
     if any(extra) and not all(extra):
         raise SystemExit("kneeflow thickness: --morphometrics, --subregions-std and --thickness-map go together")
-    if a.morphometrics:
-        from kneeflow.morphometrics import measure_plates
-
-        morpho, std, tmap = measure_plates(lab, meshes, a.sample, min_denuded_mm2=a.min_denuded_mm2)
+    lab = io.read_volume(a.labels, what="label map")
+    meshes, table, morpho, std, tmap = morphometrics(
+        lab, a.sample, min_denuded_mm2=a.min_denuded_mm2, side=a.side or None, plates=bool(a.morphometrics),
+        n_points=_mapping(a.n_points), bone_smooth_var_mm2=a.bone_smooth_var_mm2,
+        cartilage_smooth_var_mm2=a.cartilage_smooth_var_mm2, ray_in=a.ray_in_mm, ray_out=a.ray_out_mm,
+        crop_percent=1.0 if a.crop_shafts else None, source=str(a.labels),
+    )
     out = Path(a.meshes)
     out.mkdir(parents=True, exist_ok=True)
     for name, poly in meshes.items():
@@ -360,6 +358,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--morphometrics", default="", help="morphometrics table (.csv): VC, tAB, cAB, dAB%%, AC, ThC")
     p.add_argument("--subregions-std", default="", help="label map (.nii.gz) of the standard subregions")
     p.add_argument("--thickness-map", default="", help="image (.nii.gz): local thickness (mm) in cartilage voxels")
+    p.add_argument("--side", choices=["left", "right"], default=None,
+                   help="the knee's side where the label map cannot tell (no tibial plates or menisci)")
     p.add_argument("--min-denuded-mm2", type=float, default=d["thickness"]["min_denuded_mm2"],
                    help="enclosed cartilage-free patches smaller than this are dropouts, not denuded bone")
 
