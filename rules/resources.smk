@@ -22,3 +22,23 @@ GPU_RESOURCES = (
     if DEVICE == "cuda"
     else {}
 )
+
+# Training across processes (kneeflow.distributed): gpus_per_node x nodes ranks (CPU ranks without a
+# GPU). More than one: the job asks SLURM for that many tasks (`mpi`, so the SLURM plugin runs the
+# command as is) and `kneeflow train --processes N` starts them with `srun` inside a SLURM job,
+# with `torchrun` elsewhere.
+TRAIN_PROCESSES = config["resources"]["gpus_per_node"] * config["resources"]["nodes"]
+TRAIN_RESOURCES = {
+    **GPU_RESOURCES,
+    **({"gpu": TRAIN_PROCESSES, "tasks_per_gpu": 1} if DEVICE == "cuda" else {}),
+    **(
+        {"tasks": TRAIN_PROCESSES, "mpi": "srun"}
+        if TRAIN_PROCESSES > 1
+        else {}
+    ),
+    **(
+        {"nodes": config["resources"]["nodes"]}
+        if config["resources"]["nodes"] > 1
+        else {}
+    ),
+}

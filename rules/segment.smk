@@ -53,20 +53,25 @@ rule train_model:
         "../envs/segment.yaml"
     threads: 1
     resources:
-        **GPU_RESOURCES,
+        **TRAIN_RESOURCES,
         mem_mb=per_attempt(8000),
         runtime=per_attempt(240),
     params:
-        code=script_code("train_model"),
-        train=lambda wc: model_cfg(wc.model)["train"],
-        train_images=lambda wc: [f"results/{s}/image.nii.gz" for s in FIT_IDS],
-        train_labels=lambda wc: [f"results/{s}/labels/provided.nii.gz" for s in FIT_IDS],
-        val_images=lambda wc: [f"results/{s}/image.nii.gz" for s in VAL_IDS],
-        val_labels=lambda wc: [f"results/{s}/labels/provided.nii.gz" for s in VAL_IDS],
-        val_sides=lambda wc: [ROWS[s]["side"] for s in VAL_IDS],
-        device=DEVICE,
-    script:
-        "../scripts/train_model.py"
+        options=cli_options(
+            code=command_code("train_cmd"),
+            settings=lambda wc: json.dumps(model_cfg(wc.model)["train"]),
+            device=DEVICE,
+            processes=TRAIN_PROCESSES,
+        ),
+        train_images=[f"results/{s}/image.nii.gz" for s in FIT_IDS],
+        train_labels=[f"results/{s}/labels/provided.nii.gz" for s in FIT_IDS],
+        val_images=[f"results/{s}/image.nii.gz" for s in VAL_IDS],
+        val_labels=[f"results/{s}/labels/provided.nii.gz" for s in VAL_IDS],
+        val_sides=[ROWS[s]["side"] or "unknown" for s in VAL_IDS],
+    shell:
+        "kneeflow train {params.options} --images {params.train_images:q} --labels {params.train_labels:q}"
+        " --val-images {params.val_images:q} --val-labels {params.val_labels:q} --val-sides {params.val_sides:q}"
+        " --out results/models/{wildcards.model} --mem-mb {resources.mem_mb} --runtime {resources.runtime} --log {log:q}"
 
 
 # Segmentation in two steps, so that one bad scan never holds back the others of its batch:

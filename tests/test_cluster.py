@@ -2,8 +2,10 @@
 
 The fixture brings the cluster up with tests/cluster/slurm_local.sh and always takes it down. The
 run is a reduced demo (2 knees, a tiny model) with GPUs enabled in the config: the GPU stages must be
-submitted to the gpu partition with a GPU request, the CPU stages to the cpu partition, a job
-cancelled by SLURM must be retried with more memory, and the tables must equal a local run's.
+submitted to the gpu partition with a GPU request, the CPU stages to the cpu partition, the model
+trains as 2 data-parallel ranks (2 SLURM tasks started by srun; CPU, gloo: the fake GPUs have no
+CUDA), a job cancelled by SLURM must be retried with more memory, and the tables must equal a local
+run's (whose training ranks torchrun starts).
 """
 
 import json
@@ -68,7 +70,8 @@ def _study(wd: Path):
             "tiny": {"train": {"arch": {"name": "mednext_custom", "init_filters": 4, "blocks_down": [1, 1, 1, 1],
                                         "blocks_bottleneck": 1, "blocks_up": [1, 1, 1, 1], "deep_supervision": True},
                                "patch_size": [32, 32, 32], "epochs": 1, "iterations_per_epoch": 2, "threads": 1}}}},
-        "resources": {"gpu": True, "gpu_model": "", "gpu_partition": "gpu"},
+        # training as 2 data-parallel ranks: 2 SLURM tasks (srun) on the cluster, torchrun locally
+        "resources": {"gpu": True, "gpu_model": "", "gpu_partition": "gpu", "gpus_per_node": 2, "nodes": 1},
     }
     (wd / "config" / "run.yaml").write_text(yaml.safe_dump(cfg))
     return wd
@@ -121,7 +124,8 @@ def test_gpu_stages_ran_in_the_gpu_partition_with_a_gpu(runs):
     _, wd, _, _ = runs
     ck = json.loads((wd / "results" / "models" / "tiny" / "checkpoint.pt.prov.json").read_text())
     assert ck["device"]["slurm"]["job_partition"] == "gpu"
-    assert ck["device"]["slurm"].get("gpus_on_node") == "1" or ck["device"]["slurm"].get("job_gpus") is not None
+    # the training job asked for 2 GPUs (2 data-parallel ranks)
+    assert ck["device"]["slurm"].get("gpus_on_node") == "2" or "gpu:2" in ck["device"]["slurm"].get("job_gpus", "")
     seg = json.loads((wd / "results" / "c2" / "labels" / "tiny.nii.gz.prov.json").read_text())
     # the labels were segmented by the batch job on the GPU partition (then checked and written locally)
     assert seg["segmented_by"]["device"]["slurm"]["job_partition"] == "gpu"
@@ -129,6 +133,17 @@ def test_gpu_stages_ran_in_the_gpu_partition_with_a_gpu(runs):
     th = json.loads((wd / "results" / "c0" / "thickness.csv.prov.json").read_text())
     assert th["device"]["slurm"]["job_partition"] == "cpu"
     assert "gpus_on_node" not in th["device"]["slurm"]
+
+
+def test_training_ran_as_two_slurm_tasks(runs):
+    local, wd, _, _ = runs
+    ck = json.loads((wd / "results" / "models" / "tiny" / "checkpoint.pt.prov.json").read_text())
+    assert ck["params"]["processes"] == 2
+    log = (wd / "results" / "logs" / "train_model" / "tiny.log").read_text()
+    assert "starting 2 ranks: srun --ntasks=2" in log, log[-2000:]
+    assert "rank 0 of 2 (srun, gloo)" in log and "rank 1 of 2 (srun, gloo)" in log
+    local_log = (local / "results" / "logs" / "train_model" / "tiny.log").read_text()
+    assert "rank 1 of 2 (torchrun, gloo)" in local_log
 
 
 def test_tables_equal_the_local_run(runs):

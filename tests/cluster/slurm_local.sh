@@ -54,11 +54,12 @@ JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=task=1
 JobAcctGatherParams=OverMemoryKill
 AccountingStorageType=accounting_storage/none
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:fake:1 State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:fake:2 State=UNKNOWN
 PartitionName=cpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$host MaxTime=INFINITE State=UP
 CONF
-  echo "NodeName=$host Name=gpu Type=fake File=/dev/null" >"$state/gres.conf"
+  # two fake GPUs (a data-parallel training job asks for 2), backed by two harmless device files
+  printf 'NodeName=%s Name=gpu Type=fake File=/dev/null\nNodeName=%s Name=gpu Type=fake File=/dev/zero\n' "$host" "$host" >"$state/gres.conf"
   cp /etc/munge/munge.key "$state/munge/munge.key" 2>/dev/null || dd if=/dev/urandom of="$state/munge/munge.key" bs=128 count=1 status=none
   chmod 600 "$state/munge/munge.key"
   munged --force --key-file="$state/munge/munge.key" --socket="$state/munge/munge.socket" \

@@ -14,6 +14,7 @@ __all__ = ["main"]
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -195,19 +196,56 @@ def nsm_train(a) -> dict:
 
 
 def train_cmd(a) -> dict:
-    """Train a registry segmentation network on images + label maps -> --out (checkpoint.pt, metrics.csv)."""
+    """Train a registry segmentation network on images + label maps -> --out (checkpoint.pt,
+    checkpoint_best.pt, metrics.csv, config.yaml). With --processes N > 1 it starts N ranks
+    (data-parallel, kneeflow.distributed): `srun` inside a SLURM job, `torchrun` elsewhere."""
     import yaml
 
+    from kneeflow.distributed import world_from_env
     from kneeflow.models import resolve_device
     from kneeflow.training import TrainConfig, train
 
-    text = Path(a.settings).read_text() if Path(a.settings).is_file() else a.settings
+    # inline JSON / YAML (a mapping) or the path of a file holding it
+    text = a.settings if a.settings.lstrip().startswith("{") else Path(a.settings).read_text()
     cfg = TrainConfig(**yaml.safe_load(text))
     if len(a.images) != len(a.labels):
         raise ValueError(f"{len(a.images)} images but {len(a.labels)} label maps")
+    if a.preview:
+        from kneeflow.training import preview
+
+        logging.getLogger("train").info("wrote %s", preview(list(zip(a.images, a.labels)), cfg, a.preview))
+        return {"no_record": True}
+    world = world_from_env()
+    if a.processes > 1 and world.size == 1:
+        _launch(a.processes, a.argv)
+        return {}
+    if world.size > 1 and world.size != a.processes:
+        raise RuntimeError(f"started as {world.size} processes by {world.launcher}, --processes says {a.processes}")
     train(list(zip(a.images, a.labels)), list(zip(a.val_images, a.val_labels, a.val_sides)), Path(a.out), cfg,
           device=resolve_device(a.device))
-    return {}
+    return {"no_record": not world.main}
+
+
+def _launch(n: int, argv: list[str]) -> None:
+    """Run this command as ``n`` ranks: ``srun`` within a SLURM allocation, else torchrun's launcher
+    (in this process: its command line would parse our options, e.g. ``--log``, as its own)."""
+    import shutil
+    import subprocess
+
+    log = logging.getLogger("train")
+    if os.environ.get("SLURM_JOB_ID") and shutil.which("srun"):
+        cmd = ["srun", f"--ntasks={n}", "--kill-on-bad-exit=1", sys.executable, "-m", "kneeflow", *argv]
+        log.info("starting %d ranks: %s", n, " ".join(cmd))
+        r = subprocess.run(cmd)
+        if r.returncode:
+            raise RuntimeError(f"the {n} training ranks failed (srun exit {r.returncode})")
+        return
+    from torch.distributed.run import get_args_parser, run
+
+    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={n}", "-m", "kneeflow"])
+    args.training_script_args = list(argv)
+    log.info("starting %d ranks: torchrun --standalone --nproc-per-node=%d -m kneeflow %s", n, n, " ".join(argv))
+    run(args)  # raises ChildFailedError naming the failed rank
 
 
 def export_cmd(a) -> dict:
@@ -413,7 +451,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-labels", nargs="*", default=[])
     p.add_argument("--val-sides", nargs="*", default=[])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--processes", type=int, default=1,
+                   help="ranks (resources.gpus_per_node x resources.nodes); the batch size is the global batch")
     p.add_argument("--out", required=True, help="model folder (checkpoint.pt, metrics.csv)")
+    p.add_argument("--preview", default="", help="only write 8 augmented training patches (NIfTI + preview.png) "
+                                                 "to this folder, and do not train")
 
     p = stage("export", export_cmd, ("checkpoint",), ("out",), sample=False)
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt trained by kneeflow")
@@ -443,11 +485,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     a = _parser().parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)  # to start the same command as several ranks
     name = a.command + (f" {a.action}" if getattr(a, "action", None) else "")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if a.log:
         Path(a.log).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(a.log, mode="w"))
+        from kneeflow.distributed import world_from_env
+
+        # the ranks of a data-parallel command append to the log the launching process started
+        handlers.append(logging.FileHandler(a.log, mode="a" if world_from_env().size > 1 else "w"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
     for noisy in ("numexpr", "pyacvd", "matplotlib", "PIL"):
@@ -455,7 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     sample = getattr(a, "sample", "")
     try:
         ret = a.fn(a) or {}
-        if name != "run":
+        if name != "run" and not ret.get("no_record"):
             from kneeflow.workflow import provenance
 
             def files(names):
@@ -463,10 +509,12 @@ def main(argv: list[str] | None = None) -> None:
                 return [str(f) for v in vals for f in (v if isinstance(v, list) else [v]) if f]
 
             outputs = files(a.files_out)
+            if name == "train":  # the model folder's files
+                outputs = [str(Path(a.out) / f) for f in ("checkpoint.pt", "metrics.csv", "config.yaml")]
             if name == "phantom":
                 outputs = [str(Path(a.out) / f) for f in ("image.nii.gz", "labels.nii.gz", "echoes.nii.gz",
                                                           "echoes.json", "truth.json")]
-            skip = ("fn", "command", "log", "files_in", "files_out", "mem_mb", "runtime")
+            skip = ("fn", "command", "log", "files_in", "files_out", "mem_mb", "runtime", "argv")
             opts = {k: v for k, v in vars(a).items() if k not in skip}
             rec = provenance.record(name, {"sample": sample} if sample else {}, files(a.files_in), opts,
                                     ret.get("weights"))

@@ -165,9 +165,28 @@ def device() -> dict:
                       "SLURM_RESTART_COUNT")}
     if "CUDA_VISIBLE_DEVICES" in os.environ:
         slurm["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    if "job_id" in slurm and "job_partition" not in slurm:
+        # a multi-task job (the SLURM plugin's `mpi` jobs) runs its command with the allocation's
+        # variables cleared: ask SLURM for the partition and GPUs
+        slurm.update(_slurm_job(slurm["job_id"]))
     if slurm:
         d["slurm"] = slurm
     return d
+
+
+def _slurm_job(job_id: str) -> dict:
+    """Partition and GPUs (TRES) of a SLURM job, from scontrol; {} where SLURM cannot say."""
+    try:
+        out = subprocess.run(["scontrol", "show", "job", str(job_id)], capture_output=True, text=True,
+                             timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    fields = dict(w.split("=", 1) for w in out.split() if "=" in w)
+    rec = {"job_partition": fields["Partition"]} if "Partition" in fields else {}
+    gpus = [v for k, v in fields.items() if k.startswith("TresPer") and "gpu" in v]
+    if gpus:
+        rec["job_gpus"] = gpus[0]
+    return rec
 
 
 def _jsonable(v):
