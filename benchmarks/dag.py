@@ -9,7 +9,8 @@ label map, so no data is read) and four dry runs are timed:
   and `shell:` only (the issue's comparison);
 - declared: the same chain declaring what kneeflow's per-sample rules declare (the meshes folder,
   morphometrics table, subregion map and thickness map beside each thickness table, log, benchmark,
-  conda, threads, resources, params), still `shell:`:
+  conda, threads, resources, params) and the second cohort table the thickness jobs feed (the
+  morphometrics table, whose inputs are the per-sample morphometrics tables), still `shell:`:
   Snakemake's own cost of those files and directives, so kneeflow / declared is the cost of
   kneeflow's code (sheet checks, config schema, input patterns, its other rules);
 - declared, script: the same with `script:`, which Snakemake reads and caches once per job: the
@@ -85,7 +86,14 @@ DECLARED_SCRIPT = PLAIN.replace(
     threads: 1
     resources: mem_mb=lambda wc, attempt: 3000 * attempt, runtime=lambda wc, attempt: 20 * attempt
     params: ray_in=2.5, ray_out=10.0
-    script: "noop.py"''')
+    script: "noop.py"''').replace(
+    '''    input: "results/tables/thickness.csv", "results/provenance.tsv"''',
+    '''    input: "results/tables/thickness.csv", "results/tables/morphometrics.csv", "results/provenance.tsv"''') + '''
+rule table_morphometrics:
+    input: expand("results/{sample}/morphometrics.csv", sample=IDS)
+    output: "results/tables/morphometrics.csv"
+    shell: "cat {input} > {output}"
+'''
 
 # the same declarations with `shell:` in place of `script:`, as kneeflow's per-sample rules have them
 DECLARED = DECLARED_SCRIPT.replace('script: "noop.py"', 'shell: "python noop.py {params:q}"')

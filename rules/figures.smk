@@ -19,7 +19,9 @@ rule fig_thickness:
 
 
 # The meshes come with the thickness table: the jobs that write each sample's table write its meshes,
-# so the cohort table stands for them (10k mesh folders as inputs cost 5% of the graph's build).
+# so the cohort table stands for them (10k mesh folders as inputs cost 5% of the graph's build). A
+# mesh folder deleted by hand is not rebuilt for this figure (Snakemake reruns a job for a missing
+# output only for a job that reads it); the figure then fails naming the missing femur.vtk.
 rule fig_thickness_maps:
     input:
         table="results/tables/thickness.csv",

@@ -31,11 +31,7 @@ TRAIN_PROCESSES = config["resources"]["gpus_per_node"] * config["resources"]["no
 TRAIN_RESOURCES = {
     **GPU_RESOURCES,
     **({"gpu": TRAIN_PROCESSES, "tasks_per_gpu": 1} if DEVICE == "cuda" else {}),
-    **(
-        {"tasks": TRAIN_PROCESSES, "mpi": "srun"}
-        if TRAIN_PROCESSES > 1
-        else {}
-    ),
+    **({"tasks": TRAIN_PROCESSES, "mpi": "srun"} if TRAIN_PROCESSES > 1 else {}),
     **(
         {"nodes": config["resources"]["nodes"]}
         if config["resources"]["nodes"] > 1

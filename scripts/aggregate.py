@@ -7,10 +7,7 @@ from kneeflow.workflow.rule import run
 
 
 def main(sm):
-    # the per-sample tables are inputs, or params where a cohort table written by the same jobs
-    # stands for them (table_morphometrics)
-    paths = sm.params.tables if "tables" in sm.params.keys() else sm.input.tables
-    frames = [pd.read_csv(f) for f in paths]
+    frames = [pd.read_csv(f) for f in sm.input.tables]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     write_table(df, sm.output.table)
 
