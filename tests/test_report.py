@@ -6,10 +6,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 sitk = pytest.importorskip("SimpleITK")
 pytest.importorskip("vtk")
@@ -180,3 +183,19 @@ def test_knee_page_renders_in_headless_chromium(study, tmp_path):
     assert near.mean() > 0.002, "no thickness colours in the 3-D view"
     dom = subprocess.run([exe, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180).stdout
     assert "gl-container" in dom or "<canvas" in dom  # plotly drew its WebGL scene
+
+
+def test_stage_file_patterns_name_files_the_rules_write():
+    """Each stage's file pattern on the landing page matches an output the workflow's rules declare
+    (a renamed output would otherwise count 0 files for a stage that ran)."""
+    import fnmatch
+
+    from kneeflow.report import STAGES
+
+    outputs = set()
+    for smk in (ROOT / "rules").glob("*.smk"):
+        for path in re.findall(r'"(results/[^"]+)"', smk.read_text()):
+            # a wildcard stands for one path component, as the glob's * does
+            outputs.add(re.sub(r"\{[^}]+\}", "X", path)[len("results/"):])
+    for name, (_, pattern) in STAGES.items():
+        assert any(fnmatch.fnmatch(o, pattern) for o in outputs), (name, pattern)

@@ -56,7 +56,7 @@ STAGES = {
     "t2": ("Fits T2 per voxel from the multi-echo series and summarises it per plate, subregion and "
            "layer (deep / superficial).", "*/t2.csv"),
     "shape": ("Fits the femur neural shape model (NSM) to each knee's femur mesh (latent code and "
-              "reconstruction) and places it on the healthy-to-OA BScore axis.", "*/shape/latent.npy"),
+              "reconstruction) and places it on the healthy-to-OA BScore axis.", "*/shape/nsm.json"),
     "export": ("Exports trained models to ONNX (and CoreML where coremltools runs) and checks the "
                "exported model's output against PyTorch's; an error above the bound fails the job.",
                "export/*/parity.json"),
