@@ -6,7 +6,7 @@ CORES ?= 2
 # the suite CI runs; `make test-heavy` adds the large-network exports
 PYTEST_ARGS ?= -m "not heavy"
 
-.PHONY: install demo test test-heavy lint clean-demo
+.PHONY: install demo test test-heavy lint clean-demo gpu-bundle
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -44,3 +44,12 @@ lint: install
 
 clean-demo:
 	rm -rf results/demo results/knee* results/tables results/logs results/benchmarks
+
+# what benchmarks/gpu.sh needs on the lent GPU machine (Python 3.12 there): monai's wheel and the
+# synthetic knee the training-step benchmark reads
+gpu-bundle: install
+	mkdir -p .cache/gpu
+	$(PY) -m pip download -q --no-deps --only-binary :all: --python-version 3.12 -d .cache/gpu \
+		monai==$$($(PY) -c 'import monai; print(monai.__version__)')
+	$(PY) -c "import sys; sys.path.insert(0, 'benchmarks'); import train_step; from pathlib import Path; \
+		train_step.knee(Path('.cache/gpu'))"
