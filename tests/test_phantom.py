@@ -97,3 +97,19 @@ def test_bad_parameters():
         phantom.synthesize(1, "right", 1.5)
     with pytest.raises(ValueError, match="side"):
         phantom.synthesize(1, "up", 0.0)
+
+
+def test_contrast_option_scales_tissue_differences():
+    std = phantom.synthesize(13, "right", 0.0, spacing=1.2, mese=False)
+    assert np.array_equal(phantom.synthesize(13, "right", 0.0, spacing=1.2, mese=False, contrast=1.0).image, std.image)
+    low = phantom.synthesize(13, "right", 0.0, spacing=1.2, mese=False, contrast=0.6)
+    high = phantom.synthesize(13, "right", 0.0, spacing=1.2, mese=False, contrast=1.4)
+    assert np.array_equal(low.labels, std.labels) and low.truth == std.truth
+
+    def gap(ph):  # femoral cartilage over femoral marrow
+        img = ph.image.astype(float)
+        return np.median(img[ph.labels == CANONICAL["femoral_cartilage"]]) - np.median(img[ph.labels == CANONICAL["femur"]])
+
+    assert gap(low) < 0.75 * gap(std) < 0.75 * gap(high)
+    with pytest.raises(ValueError, match="contrast"):
+        phantom.synthesize(1, "right", 0.0, contrast=0.0)

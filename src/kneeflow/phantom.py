@@ -476,6 +476,7 @@ def synthesize(
     mese_slice_mm: float = 2.1,
     snr: float = 40.0,
     lesions: dict[str, float] | None = None,
+    contrast: float = 1.0,
 ) -> Phantom:
     """Synthesise one knee.
 
@@ -491,6 +492,9 @@ def synthesize(
     lesions : full-thickness cartilage lesions, plate -> area of bone left bare (mm^2) on ``MT``, ``LT``
         (centred in the plate) or ``cMF``, ``cLF`` (centred on the condyle's distal point); a disc of
         radius sqrt(area / pi) on the bone surface. truth.json records the plates' dAB%.
+    contrast : scales every tissue's DESS level about their mean (air stays 0): below 1 the tissues
+        look more alike (cartilage against marrow and fluid), above 1 less; the noise stays
+        ``cartilage / snr`` of the standard contrast. 1 is the standard image.
     """
     from scipy import ndimage
 
@@ -639,10 +643,14 @@ def synthesize(
         "lateral_tibial_cartilage": labels == 4,
         "patellar_cartilage": labels == 1,
     }
+    if contrast <= 0:
+        raise ValueError(f"contrast must be positive, got {contrast}")
+    mid = float(np.mean([v for k, v in DESS_INTENSITY.items() if k != "air"]))
+    levels = {k: v if k == "air" or contrast == 1.0 else max(0.0, mid + contrast * (v - mid)) for k, v in DESS_INTENSITY.items()}
     dess = np.zeros(shape, dtype=np.float32)
     for tissue, mask in tissue_masks.items():
         key = "cartilage" if tissue.endswith("cartilage") else tissue
-        dess[mask] = DESS_INTENSITY[key]
+        dess[mask] = levels[key]
     bias = _bias_field(rng, X, Y, Z)
     sigma_vox = [0.45 * 0.7 / s for s in sp]  # partial-volume blur, ~0.3 mm
     dess = ndimage.gaussian_filter(dess, sigma_vox) * bias
