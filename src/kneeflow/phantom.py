@@ -645,8 +645,10 @@ def synthesize(
     }
     if contrast <= 0:
         raise ValueError(f"contrast must be positive, got {contrast}")
-    mid = float(np.mean([v for k, v in DESS_INTENSITY.items() if k != "air"]))
-    levels = {k: v if k == "air" or contrast == 1.0 else max(0.0, mid + contrast * (v - mid)) for k, v in DESS_INTENSITY.items()}
+    levels = dict(DESS_INTENSITY)  # contrast 1: exactly the standard levels
+    if contrast != 1.0:
+        mid = float(np.mean([v for k, v in DESS_INTENSITY.items() if k != "air"]))
+        levels.update({k: max(0.0, mid + contrast * (v - mid)) for k, v in DESS_INTENSITY.items() if k != "air"})
     dess = np.zeros(shape, dtype=np.float32)
     for tissue, mask in tissue_masks.items():
         key = "cartilage" if tissue.endswith("cartilage") else tissue
