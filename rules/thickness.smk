@@ -30,6 +30,8 @@ rule thickness:
             ray_in_mm=config["thickness"]["ray_in_mm"],
             ray_out_mm=config["thickness"]["ray_out_mm"],
             min_denuded_mm2=config["thickness"]["min_denuded_mm2"],
+            articular_smooth_var_mm2=config["thickness"]["articular_smooth_var_mm2"],
+            articular_min_facing=config["thickness"]["articular_min_facing"],
         ),
     shell:
         "kneeflow thickness --sample {wildcards.sample} {params.options}"

@@ -73,6 +73,10 @@ def _plate(table, plate, subregion="all"):
     return dict(zip(t.measure, t.value))
 
 
+def thick_csv_mean(thick, region="medial_tibial_cartilage"):
+    return thick[(thick.region == region) & (thick.stat == "mean")].value_mm.item()
+
+
 def _measure(img, side="right"):
     return morphometrics(img, "analytic", side=side, bones=("tibia",), crop_percent=None)
 
@@ -86,9 +90,10 @@ def test_flat_slab_volume_area_thickness(direction):
     assert m["VC"] == pytest.approx(area * t, rel=0.02)
     assert m["tAB"] == pytest.approx(area, rel=0.03)
     assert m["cAB"] == pytest.approx(area, rel=0.03)
-    # inside the plate the rays measure 2.00 mm; within ~0.5 mm of the slab's vertical rim the smoothed
-    # cartilage surface is rounded and they measure less, which takes the mean 0.05-0.08 mm low
-    assert m["ThCcAB.Me"] == pytest.approx(t, abs=0.1)
+    # the issue's bound is 0.05 mm; measured 1.986-1.991 here. On the meshes' smoothing with every ray
+    # kept (thickness.csv's rays) the plate's rounded rim took it to 1.932-1.949
+    assert m["ThCcAB.Me"] == pytest.approx(t, abs=0.03)
+    assert thick_csv_mean(thick) < m["ThCcAB.Me"] - 0.02
     median = thick[(thick.region == "medial_tibial_cartilage") & (thick.stat == "median")].value_mm.item()
     assert median == pytest.approx(t, abs=0.02)
     assert m["dAB%"] < 1.0
@@ -196,7 +201,7 @@ def test_curved_slab():
     m = _plate(table, "MT")
     assert m["VC"] == pytest.approx(angle / 2 * ((radius + t) ** 2 - radius**2) * length, rel=0.02)
     assert m["tAB"] == pytest.approx(radius * angle * length, rel=0.03)
-    assert m["ThCcAB.Me"] == pytest.approx(t, abs=0.1)  # the rim effect as above
+    assert m["ThCcAB.Me"] == pytest.approx(t, abs=0.03)  # 2.001 measured (thickness.csv's rays: 1.922)
     # the articular surface of a convex shell is larger than its bone interface
     assert m["AC"] > m["tAB"]
 
@@ -244,15 +249,19 @@ def test_phantom_against_truth_and_its_mirror(phantom_knee):
     for plate in ("LT", "P", "TrF"):
         assert _plate(table, plate)["dAB%"] < 1.0, plate
 
-    # the thickness map: mean over a plate's voxels vs the mesh's mean (thickness.csv)
+    # the thickness map: mean over a plate's voxels vs the mesh's mean (thickness.csv) and ThCcAB.Me
+    # (a voxel mean weights each place by its thickness, so it runs above both: 0.03-0.08 mm here)
     lab, tm = sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(tmap)
     mean = thick[thick.stat == "mean"].set_index("region").value_mm
-    for region, labs in (("femoral_cartilage", [2, 11, 12, 13, 14, 15]), ("medial_tibial_cartilage", [MT]),
-                         ("lateral_tibial_cartilage", [LT]), ("patellar_cartilage", [1])):
+    for region, labs, plate in (("femoral_cartilage", [2, 11, 12, 13, 14, 15], "F"), ("medial_tibial_cartilage", [MT], "MT"),
+                                ("lateral_tibial_cartilage", [LT], "LT"), ("patellar_cartilage", [1], "P")):
         sel = np.isin(lab, labs)
         assert (tm[sel] > 0).mean() > 0.99
         assert (tm[~np.isin(lab, [1, 2, 3, 4, 11, 12, 13, 14, 15])] == 0).all()
         assert tm[sel].mean() == pytest.approx(mean[region], abs=0.1), region
+        assert tm[sel].mean() == pytest.approx(_plate(table, plate)["ThCcAB.Me"], abs=0.1), region
+        # ThCcAB.Me against the implicit surfaces' area-weighted thickness (0.002-0.05 mm measured)
+        assert _plate(table, plate)["ThCcAB.Me"] == pytest.approx(knee.truth["thickness_mm"][region], abs=0.1), region
 
     # the same knee mirrored and declared left: the same numbers, medial stays medial
     left = femoral_subregions(mirror_left_right(raw), shrink=3, side="left")

@@ -151,9 +151,11 @@ class BoneInterface:
     thickness: np.ndarray
     plate: np.ndarray      # label of PLATE_LABELS, 0 outside every plate's tAB
     covered: np.ndarray    # in cAB (measured cartilage, or a dropout counted as covered)
-    measured: np.ndarray   # thickness > 0
+    measured: np.ndarray   # in cAB with an articular thickness (> 0): the vertices behind ThCcAB
     denuded: np.ndarray    # in tAB without cartilage
     ring: np.ndarray       # thickness averaged over the vertex and its measured neighbours (for the max)
+    found: np.ndarray      # the meshes' own thickness rays (thickness.csv's) found cartilage of a plate
+    mesh_thickness: np.ndarray  # their thickness (thickness_mm; the thickness map shows it)
 
 
 def footprint(labels_img, pts: np.ndarray, normals: np.ndarray, plate_labels, *, depth_mm: float = 1.0,
@@ -188,7 +190,9 @@ def bone_interface(poly, plate_labels, labels_img=None, *, min_denuded_mm2: floa
     cAB is where the thickness rays measured cartilage, plus (with ``labels_img``) the label map's
     cartilage footprint (:func:`footprint`, ``footprint_mm`` deep; default 0.6 x the largest voxel
     spacing, which put tAB within 2 % of the phantoms' implicit-surface truth), plus dropouts; tAB adds
-    the denuded pieces.
+    the denuded pieces. The thickness behind ThCcAB is ``articular_thickness_mm`` where the mesh has it
+    (see :func:`kneeflow.thickness.measure_knee`; else ``thickness_mm``), over the covered vertices
+    where it is > 0 in the vertex's own plate.
     """
     from scipy.sparse.csgraph import connected_components
 
@@ -200,14 +204,14 @@ def bone_interface(poly, plate_labels, labels_img=None, *, min_denuded_mm2: floa
     area = vertex_areas(pts, tris)
     thick = _point_array(poly, "thickness_mm").astype(float)
     region = _point_array(poly, "region").astype(np.int64)
-    measured = (thick > 0) & np.isin(region, list(plate_labels))
-    plate = np.where(measured, region, 0)
-    covered = measured.copy()
+    found = (thick > 0) & np.isin(region, list(plate_labels))
+    plate = np.where(found, region, 0)
+    covered = found.copy()
     if labels_img is not None and footprint_mm is None:
         footprint_mm = 0.6 * max(labels_img.GetSpacing())
     if labels_img is not None and footprint_mm > 0:
         foot = footprint(labels_img, pts, normals, list(plate_labels), depth_mm=footprint_mm)
-        extra = (foot > 0) & ~measured
+        extra = (foot > 0) & ~found
         plate[extra] = foot[extra]
         covered |= extra
     denuded = np.zeros(len(pts), dtype=bool)
@@ -234,11 +238,20 @@ def bone_interface(poly, plate_labels, labels_img=None, *, min_denuded_mm2: floa
                 denuded[members] = True
             else:
                 covered[members] = True
+    mesh_thick = np.where(found, thick, 0.0)
+    names = {poly.GetPointData().GetArrayName(i) for i in range(poly.GetPointData().GetNumberOfArrays())}
+    if "articular_thickness_mm" in names:
+        thick = _point_array(poly, "articular_thickness_mm").astype(float)
+        art_region = _point_array(poly, "articular_region").astype(np.int64)
+        measured = covered & (thick > 0) & np.isin(art_region, list(plate_labels))
+    else:
+        measured = found
+    thick = np.where(measured, thick, 0.0)
     # the largest thickness of a plate from single vertices swings with the mesh (10 % between a knee
     # and its mirror image); averaged over each vertex's ring of measured neighbours, < 1 %
     w = adj @ measured.astype(float) + measured
     ring = np.where(measured, (adj @ (thick * measured) + thick * measured) / np.maximum(w, 1), 0.0)
-    return BoneInterface(pts, normals, area, thick, plate, covered, measured, denuded, ring)
+    return BoneInterface(pts, normals, area, thick, plate, covered, measured, denuded, ring, found, mesh_thick)
 
 
 # ------------------------------------------------------------------------------------- knee frame
@@ -399,8 +412,8 @@ def measure_plates(labels_img, meshes: dict, sample: str, *, min_denuded_mm2: fl
 
     Returns ``(table, std_labels, thickness_map)``: the tidy table (sample, plate, subregion, measure,
     value, unit, n), the cartilage voxels labelled with :data:`STD_SUBREGIONS` and the thickness map
-    (float32 mm on the label map's grid, each cartilage voxel holding the thickness of the nearest
-    measured bone vertex of its plate). Bone meshes gain point arrays ``plate`` (label of the tAB
+    (float32 mm on the label map's grid, each cartilage voxel holding the thickness.csv thickness of
+    the nearest bone vertex of its plate where it was measured). Bone meshes gain point arrays ``plate`` (label of the tAB
     the vertex belongs to), ``denuded`` and ``subregion_std``. ``side`` is used only where the label map
     lacks the anatomy that defines the knee's axes (see :func:`knee_frame`).
     """
@@ -441,7 +454,8 @@ def measure_plates(labels_img, meshes: dict, sample: str, *, min_denuded_mm2: fl
         M.add_point_array(meshes[bone], "denuded", bi.denuded.astype(np.uint8))
         M.add_point_array(meshes[bone], "subregion_std", codes[bone])
 
-    # cartilage voxels: subregion by position; thickness of the nearest measured vertex of the plate
+    # cartilage voxels: subregion by position; thickness of the nearest vertex of the plate where the
+    # meshes' own rays (thickness.csv's) measured it
     std = np.zeros(arr.shape, dtype=np.uint8)
     tmap = np.zeros(arr.shape, dtype=np.float32)
     vox_code: dict[str, np.ndarray] = {}
@@ -452,15 +466,15 @@ def measure_plates(labels_img, meshes: dict, sample: str, *, min_denuded_mm2: fl
         std[kji] = vox_code[name].astype(np.uint8)
         bi = bones.get(BONE_OF_PLATE[name])
         lab = LABEL_OF_PLATE[name]
-        meas = np.nonzero(bi.measured & (bi.plate == lab))[0] if bi is not None else np.array([], int)
+        meas = np.nonzero(bi.found & (bi.plate == lab))[0] if bi is not None else np.array([], int)
         if bi is not None and meas.size == 0 and name == "F":  # leftovers of the split: any femoral plate
-            meas = np.nonzero(bi.measured)[0]
+            meas = np.nonzero(bi.found)[0]
         if meas.size == 0:
             log.warning("%s: no thickness measured under %s; its %d voxels are 0 in the thickness map",
                         sample, name, len(xyz))
             continue
         _, j = cKDTree(bi.pts[meas]).query(xyz)
-        tmap[kji] = bi.thickness[meas[j]]
+        tmap[kji] = bi.mesh_thickness[meas[j]]
 
     # articular surface: cartilage mesh triangles more than half the local thickness above the bone
     tri_code: dict[str, list] = {}
@@ -528,19 +542,25 @@ def measure_plates(labels_img, meshes: dict, sample: str, *, min_denuded_mm2: fl
 
 
 def morphometrics(labels_img, sample: str = "", *, min_denuded_mm2: float = 4.0, side: str | None = None,
-                  plates: bool = True, **mesh_options):
+                  plates: bool = True, articular_smooth_var_mm2: float = 0.0625, articular_min_facing: float = 0.5,
+                  **mesh_options):
     """Meshes, thickness and morphometrics of a label map in one call (see :func:`measure_plates`),
     measured in the knee's canonical frame (:func:`kneeflow.orientation.canonical_knee`: a left knee
     as its mirror image, any scan orientation on one array), so a knee and its mirror image give the
     same numbers; meshes and images come back in the label map's world and grid.
 
     Returns ``(meshes, thickness_table, morphometrics_table, std_labels, thickness_map)`` (the last
-    three None with ``plates=False``).
+    three None with ``plates=False``). The thickness table is pymskt's convention (the meshes'
+    smoothing); ThCcAB and the thickness map use the articular thickness (``articular_smooth_var_mm2``,
+    ``articular_min_facing``: see :func:`kneeflow.thickness.measure_knee`).
     """
     from kneeflow.orientation import canonical_knee
     from kneeflow.thickness import measure_knee
 
     frame = canonical_knee(labels_img, side, source=mesh_options.get("source", ""))
+    if plates:
+        mesh_options = {**mesh_options, "articular_smooth_var_mm2": articular_smooth_var_mm2,
+                        "articular_min_facing": articular_min_facing}
     meshes, thick = measure_knee(frame.image, sample, **mesh_options)
     table = std = tmap = None
     if plates:

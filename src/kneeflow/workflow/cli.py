@@ -92,6 +92,7 @@ def thickness(a) -> dict:
     lab = io.read_volume(a.labels, what="label map")
     meshes, table, morpho, std, tmap = morphometrics(
         lab, a.sample, min_denuded_mm2=a.min_denuded_mm2, side=a.side or None, plates=bool(a.morphometrics),
+        articular_smooth_var_mm2=a.articular_smooth_var_mm2, articular_min_facing=a.articular_min_facing,
         n_points=_mapping(a.n_points), bone_smooth_var_mm2=a.bone_smooth_var_mm2,
         cartilage_smooth_var_mm2=a.cartilage_smooth_var_mm2, ray_in=a.ray_in_mm, ray_out=a.ray_out_mm,
         crop_percent=1.0 if a.crop_shafts else None, source=str(a.labels),
@@ -400,6 +401,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="the knee's side where the label map cannot tell (no tibial plates or menisci)")
     p.add_argument("--min-denuded-mm2", type=float, default=d["thickness"]["min_denuded_mm2"],
                    help="enclosed cartilage-free patches smaller than this are dropouts, not denuded bone")
+    p.add_argument("--articular-smooth-var-mm2", type=float, default=d["thickness"]["articular_smooth_var_mm2"],
+                   help="smoothing (mm^2) of the plates the morphometrics' thickness rays are cast on")
+    p.add_argument("--articular-min-facing", type=float, default=d["thickness"]["articular_min_facing"],
+                   help="keep a morphometrics thickness ray where it meets the surface within acos(this) of head on")
 
     p = stage("subregions", subregions, ("labels", "reference"), ("out",))
     p.add_argument("--labels", required=True)
