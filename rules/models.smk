@@ -116,6 +116,14 @@ BSCORE_FIT_IDS = [
 ]
 
 
+# end to end: the knees segmented by the models (thickness.from_models) are fitted again from those labels
+AUTO_NSM_IDS = (
+    [s for s in AUTO_IDS if s in NSM_FIT_IDS]
+    if MODELS and config["thickness"]["activate"] and config["thickness"]["from_models"]
+    else []
+)
+
+
 def nsm_checkpoint():
     """The given model's checkpoint (ours: model.pth; public: model/<highest epoch>.pth), else the trained one."""
     if NSM_PRETRAINED:

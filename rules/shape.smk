@@ -108,3 +108,70 @@ rule bscore:
         fit_ids=BSCORE_FIT_IDS,
     script:
         "../scripts/bscore.py"
+
+
+# End to end (thickness.from_models): the shape model fitted, with the same settings in one batch, to
+# the knees' meshes from each segmentation model's labels, and their BScores beside the provided
+# labels' (results/tables/bscore_auto.csv).
+rule fit_nsm_auto:
+    input:
+        checkpoint=nsm_checkpoint(),
+        meshes=lambda wc: [f"results/{s}/auto/{wc.model}/meshes" for s in AUTO_NSM_IDS],
+    output:
+        **{
+            f"recon_{k}": [
+                f"results/{s}/auto/{{model}}/shape/nsm_recon_{k}.vtk"
+                for s in AUTO_NSM_IDS
+            ]
+            for k in nsm_surfaces()[1:]
+        },
+        fits=[f"results/{s}/auto/{{model}}/shape/nsm.json" for s in AUTO_NSM_IDS],
+        recon=[f"results/{s}/auto/{{model}}/shape/nsm_recon.vtk" for s in AUTO_NSM_IDS],
+    log:
+        "results/logs/fit_nsm_auto/{model}.log",
+    benchmark:
+        "results/benchmarks/fit_nsm_auto/{model}.tsv"
+    conda:
+        "../envs/shape.yaml"
+    threads: 1
+    resources:
+        **GPU_RESOURCES,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(60),
+    params:
+        code=script_code("fit_nsm"),
+        samples=AUTO_NSM_IDS,
+        sides=[ROWS[s]["side"] for s in AUTO_NSM_IDS],
+        fit=SHAPE["fit"],
+        model=SHAPE["pretrained"],
+        device=DEVICE,
+    script:
+        "../scripts/fit_nsm.py"
+
+
+rule table_bscore_auto:
+    input:
+        model=bscore_model_path(),
+        provided=[f"results/{s}/shape/nsm.json" for s in AUTO_NSM_IDS],
+        auto=[
+            f"results/{s}/auto/{m}/shape/nsm.json"
+            for m in MODELS
+            for s in AUTO_NSM_IDS
+        ],
+    output:
+        table=report(
+            "results/tables/bscore_auto.csv",
+            caption="../report/bscore_auto.rst",
+            category="Tables",
+        ),
+    log:
+        "results/logs/tables/bscore_auto.log",
+    localrule: True
+    conda:
+        "../envs/base.yaml"
+    params:
+        code=script_code("bscore_auto"),
+        samples=AUTO_NSM_IDS,
+        models=MODELS,
+    script:
+        "../scripts/bscore_auto.py"

@@ -21,6 +21,8 @@ def cohort_tables():
         t.append("results/tables/qc.csv")
     if NSM_FIT_IDS and (BSCORE_FIT_IDS or SHAPE["bscore_model"]):
         t.append("results/tables/bscore.csv")
+        if AUTO_NSM_IDS:
+            t.append("results/tables/bscore_auto.csv")
     return t
 
 

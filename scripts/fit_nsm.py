@@ -1,6 +1,7 @@
 """Fit the shape model's latent to a batch of knees (one model load, one batched optimisation) with
 :func:`kneeflow.nsm_fit.fit_knees`; writes per knee ``nsm.json`` and one reconstruction per surface in
-the input's coordinates.
+the input's coordinates. The same script fits the knees' meshes from a segmentation model's labels
+(rule fit_nsm_auto: results/<sample>/auto/<model>/shape/).
 """
 
 from pathlib import Path
@@ -13,6 +14,11 @@ from kneeflow.mesh import write_vtk
 from kneeflow.nsm_fit import fit_knees
 from kneeflow.surface import load_surface, make_poly
 from kneeflow.workflow.rule import run
+
+
+def _paths(x) -> list[str]:
+    """A named input/output as a list (Snakemake hands a one-file list over as the bare path)."""
+    return [x] if isinstance(x, str) else list(x)
 
 
 def main(sm):
@@ -30,15 +36,15 @@ def main(sm):
     model = shape.load_model(folder, checkpoint=str(ck.relative_to(folder)), reference_mesh=pre.get("reference_mesh"),
                              sha256=pre.get("sha256"), device=device, surfaces=pre.get("surfaces"))
     knees = {s: {k: load_surface(Path(d) / f"{k}.vtk", closed=not model.public) for k in model.surfaces}
-             for s, d in zip(sm.params.samples, sm.input.meshes)}
+             for s, d in zip(sm.params.samples, _paths(sm.input.meshes))}
     fits = fit_knees(model, knees, dict(zip(sm.params.samples, sm.params.sides)), recipe=recipe, fit=fit,
                      settings=settings, resolution=resolution, device=device)
-    recon_outputs = [sm.output.recon] + [getattr(sm.output, f"recon_{k}") for k in model.surfaces[1:]]
+    recon_outputs = [_paths(sm.output.recon)] + [_paths(getattr(sm.output, f"recon_{k}")) for k in model.surfaces[1:]]
     for i, s in enumerate(sm.params.samples):
         rec, recon = fits[s]
         for k, outs in zip(model.surfaces, recon_outputs):
             write_vtk(make_poly(*recon[k]), outs[i])
-        write_json(rec, sm.output.fits[i])
+        write_json(rec, _paths(sm.output.fits)[i])
     return {str(ck): sha256(ck)}
 
 
