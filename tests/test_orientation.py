@@ -141,6 +141,29 @@ def test_onnx_export_carries_the_layout(tiny_model, tmp_path):
     assert np.array_equal(a, b)
 
 
+def test_slice_fill_closes_marrow_open_at_the_scan_edge():
+    """A tibial shaft cut by the scan's edge, its marrow partly missed: no 3D hole (the marrow meets the
+    edge), but enclosed by the cortex in every axial slice. ``slices`` fills it; a notch open to the
+    outside in every slice and the voxels of other labels stay."""
+    z, y, x = np.mgrid[:40, :48, :48]
+    r = np.hypot(y - 24, x - 24)
+    lab = np.zeros((40, 48, 48), np.uint8)
+    lab[r < 16] = 8
+    missed = (r < 12) & (y > 24) & (z < 30)  # the posterior half of the marrow, down to the edge
+    lab[missed] = 0
+    lab[(r < 12) & (y > 24) & (x < 20) & (z < 5)] = 3  # another label inside: not overwritten
+    notch = (r >= 13) & (np.abs(x - 24) < 3) & (y < 24)  # open to the outside: not a hole
+    lab[notch] = 0
+    assert np.array_equal(fill_holes(lab, [8]), lab)  # 3D: nothing enclosed
+    filled = fill_holes(lab, [8], slices=True)
+    assert (filled[missed] == 8).sum() == (missed & (lab == 0)).sum()
+    assert (filled[lab == 3] == 3).all() and (filled[notch] == 0).all()
+    assert np.array_equal(clean_labels(lab, "attached") == 8, filled == 8)
+    # the same array stored in another axis order gives the same voxels
+    perm = fill_holes(np.ascontiguousarray(lab.transpose(2, 0, 1)), [8], slices=True)
+    assert np.array_equal(perm.transpose(1, 2, 0), filled)
+
+
 def test_clean_up_removes_islands_and_fills_bones():
     _, labels = knee(seed=12, spacing=1.0)
     ref = sitk.GetArrayFromImage(labels)

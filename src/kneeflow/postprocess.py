@@ -7,7 +7,9 @@ Modes (a model entry's ``clean``):
   holes in the bones are filled. Right for maps where each structure is one piece; a cartilage plate
   split by a full-thickness lesion loses its smaller part.
 * ``attached`` (kneeflow's default for its own models): bones keep their largest component and get
-  their holes filled; every other label keeps each component that touches its anchor (cartilage: its
+  their holes filled, in 3D and then in the slices along each array axis (:func:`fill_holes` with
+  ``slices=True``: a shaft cut by the scan's edge is open in 3D, so marrow the network missed there
+  is no 3D hole, but it is enclosed by the cortex in the slices across the shaft); every other label keeps each component that touches its anchor (cartilage: its
   bone; menisci: the tibia or the tibial cartilage) within ``margin`` voxels, so islands far from
   their structure go and a plate in pieces stays. A label none of whose pieces touch keeps its
   largest.
@@ -60,8 +62,13 @@ def keep_largest_components(lab: np.ndarray, labels) -> np.ndarray:
     return out
 
 
-def fill_holes(lab: np.ndarray, labels) -> np.ndarray:
-    """Fill the background holes enclosed by each label in ``labels`` (voxels of other labels stay)."""
+def fill_holes(lab: np.ndarray, labels, *, slices: bool = False, max_rounds: int = 4) -> np.ndarray:
+    """Fill the background holes enclosed by each label in ``labels`` (voxels of other labels stay).
+
+    With ``slices`` also the holes enclosed within 2D slices along each of the three array axes: each
+    round fills, from the same mask, the slice holes along all three axes at once (so the result does
+    not depend on the order of the axes), until a round adds nothing (at most ``max_rounds``).
+    """
     from scipy import ndimage
 
     out = lab.copy()
@@ -70,9 +77,18 @@ def fill_holes(lab: np.ndarray, labels) -> np.ndarray:
         if not m.any():
             continue
         box = _box(m)
-        filled = ndimage.binary_fill_holes(m[box])
         sub = out[box]
-        sub[filled & (sub == 0)] = c
+        sub[ndimage.binary_fill_holes(m[box]) & (sub == 0)] = c
+        for _ in range(max_rounds if slices else 0):
+            mask = sub == c
+            add = np.zeros_like(mask)
+            for ax in range(3):
+                f = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(mask, ax, 0)], axis=0)
+                add |= np.moveaxis(f, 0, ax)
+            add &= sub == 0
+            if not add.any():
+                break
+            sub[add] = c
     return out
 
 
@@ -119,7 +135,7 @@ def clean_labels(lab: np.ndarray, mode: str = "largest", labels=None) -> np.ndar
         return fill_holes(keep_largest_components(lab, labels if labels is not None else range(1, 10)), bones)
     if mode == "attached":
         # the bones first: their clean shapes are the anchors of the rest
-        return keep_attached(fill_holes(keep_largest_components(lab, bones), bones), anchors())
+        return keep_attached(fill_holes(keep_largest_components(lab, bones), bones, slices=True), anchors())
     raise ValueError(f"unknown clean-up {mode!r}; one of {CLEAN_MODES}")
 
 
