@@ -41,6 +41,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[201, 202])
     ap.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=list(CONDITIONS))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clean", default="attached", choices=["largest", "attached", "bones"],
+                    help="label-map clean-up (the workflow's default for our models: attached)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "robustness"))
     a = ap.parse_args()
@@ -56,7 +58,8 @@ def main() -> int:
         print(f"{a.model}: no such checkpoint (run `make demo` first, or pass --model)", file=sys.stderr)
         return 2
     torch.set_num_threads(a.threads)
-    seg = Segmenter.from_checkpoint(a.model, device=a.device)
+    # the workflow's clean-up for our models (scripts/segment.py: `attached` unless the entry says otherwise)
+    seg = Segmenter.from_checkpoint(a.model, device=a.device, clean=a.clean)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for cond in a.conditions:
