@@ -40,11 +40,11 @@ def main(sm):
     fits = fit_knees(model, knees, dict(zip(sm.params.samples, sm.params.sides)), recipe=recipe, fit=fit,
                      settings=settings, resolution=resolution, device=device)
     recon_outputs = [_paths(sm.output.recon)] + [_paths(getattr(sm.output, f"recon_{k}")) for k in model.surfaces[1:]]
-    for i, s in enumerate(sm.params.samples):
+    for i, (s, fit_out) in enumerate(zip(sm.params.samples, _paths(sm.output.fits))):
         rec, recon = fits[s]
         for k, outs in zip(model.surfaces, recon_outputs):
             write_vtk(make_poly(*recon[k]), outs[i])
-        write_json(rec, _paths(sm.output.fits)[i])
+        write_json(rec, fit_out)
     return {str(ck): sha256(ck)}
 
 

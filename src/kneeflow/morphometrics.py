@@ -239,8 +239,7 @@ def bone_interface(poly, plate_labels, labels_img=None, *, min_denuded_mm2: floa
             else:
                 covered[members] = True
     mesh_thick = np.where(found, thick, 0.0)
-    names = {poly.GetPointData().GetArrayName(i) for i in range(poly.GetPointData().GetNumberOfArrays())}
-    if "articular_thickness_mm" in names:
+    if poly.GetPointData().HasArray("articular_thickness_mm"):
         thick = _point_array(poly, "articular_thickness_mm").astype(float)
         art_region = _point_array(poly, "articular_region").astype(np.int64)
         measured = covered & (thick > 0) & np.isin(art_region, list(plate_labels))
@@ -413,8 +412,8 @@ def measure_plates(labels_img, meshes: dict, sample: str, *, min_denuded_mm2: fl
     Returns ``(table, std_labels, thickness_map)``: the tidy table (sample, plate, subregion, measure,
     value, unit, n), the cartilage voxels labelled with :data:`STD_SUBREGIONS` and the thickness map
     (float32 mm on the label map's grid, each cartilage voxel holding the thickness.csv thickness of
-    the nearest bone vertex of its plate where it was measured). Bone meshes gain point arrays ``plate`` (label of the tAB
-    the vertex belongs to), ``denuded`` and ``subregion_std``. ``side`` is used only where the label map
+    the nearest bone vertex of its plate where it was measured). Bone meshes gain point arrays
+    ``plate`` (label of the tAB the vertex belongs to), ``denuded`` and ``subregion_std``. ``side`` is used only where the label map
     lacks the anatomy that defines the knee's axes (see :func:`knee_frame`).
     """
     import SimpleITK as sitk
@@ -550,9 +549,9 @@ def morphometrics(labels_img, sample: str = "", *, min_denuded_mm2: float = 4.0,
     same numbers; meshes and images come back in the label map's world and grid.
 
     Returns ``(meshes, thickness_table, morphometrics_table, std_labels, thickness_map)`` (the last
-    three None with ``plates=False``). The thickness table is pymskt's convention (the meshes'
-    smoothing); ThCcAB and the thickness map use the articular thickness (``articular_smooth_var_mm2``,
-    ``articular_min_facing``: see :func:`kneeflow.thickness.measure_knee`).
+    three None with ``plates=False``). The thickness table and the thickness map are pymskt's
+    convention (the meshes' smoothing); ThCcAB, ThCtAB and ThCcAB.Max use the articular thickness
+    (``articular_smooth_var_mm2``, ``articular_min_facing``: see :func:`kneeflow.thickness.measure_knee`).
     """
     from kneeflow.orientation import canonical_knee
     from kneeflow.thickness import measure_knee

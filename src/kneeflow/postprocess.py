@@ -9,9 +9,10 @@ Modes (a model entry's ``clean``):
 * ``attached`` (kneeflow's default for its own models): bones keep their largest component and get
   their holes filled, in 3D and then in the slices along each array axis (:func:`fill_holes` with
   ``slices=True``: a shaft cut by the scan's edge is open in 3D, so marrow the network missed there
-  is no 3D hole, but it is enclosed by the cortex in the slices across the shaft); every other label keeps each component that touches its anchor (cartilage: its
-  bone; menisci: the tibia or the tibial cartilage) within ``margin`` voxels, so islands far from
-  their structure go and a plate in pieces stays. A label none of whose pieces touch keeps its
+  is no 3D hole, but it is enclosed by the cortex in the slices across the shaft); every other
+  label keeps each component that touches its anchor (cartilage: its bone; menisci: the tibia or
+  the tibial cartilage) within ``margin`` voxels, so islands far from their structure go and a plate
+  in pieces stays. A label none of whose pieces touch keeps its
   largest.
 * ``bones``: the bones' largest components only (nothing else touched).
 """
