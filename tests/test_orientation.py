@@ -7,7 +7,7 @@ import SimpleITK as sitk
 
 from kneeflow import phantom
 from kneeflow.inference import Segmenter
-from kneeflow.postprocess import clean_labels, fill_holes, keep_largest_components
+from kneeflow.postprocess import assign_bone_fragments, clean_labels, fill_holes, keep_largest_components
 from kneeflow.orientation import check_layout, dosma_layout, layout_of, predict_in_layout, reorient
 from kneeflow.preprocessing import read_case
 
@@ -162,6 +162,47 @@ def test_slice_fill_closes_marrow_open_at_the_scan_edge():
     # the same array stored in another axis order gives the same voxels
     perm = fill_holes(np.ascontiguousarray(lab.transpose(2, 0, 1)), [8], slices=True)
     assert np.array_equal(perm.transpose(1, 2, 0), filled)
+
+
+def test_bone_fragments_join_the_bone_they_touch():
+    """The network's patella rim read as femur (and a piece of tibial shaft read as femur): cut off
+    from the femur, those voxels rejoin the bone they are attached to instead of becoming background;
+    a femur island touching no bone still goes; the result does not depend on the axis order."""
+    from scipy import ndimage
+
+    _, labels = knee(seed=12, spacing=1.0)
+    ref = sitk.GetArrayFromImage(labels)
+    pat, tib = ref == 9, ref == 8
+    rim = pat & ~ndimage.binary_erosion(pat)  # the patella's outer voxel layer
+    shaft = np.zeros_like(tib)
+    zt = np.flatnonzero(tib.any(axis=(1, 2)))
+    shaft[zt[0] : zt[0] + 4] = tib[zt[0] : zt[0] + 4]  # the tibia's 4 slices furthest from the joint
+    dirty = ref.copy()
+    dirty[rim] = 7
+    dirty[shaft] = 7
+    dirty[1:4, 1:4, 1:4] = 7  # femur in a corner, touching nothing
+    assert rim.sum() > 0.2 * pat.sum() and shaft.sum() > 100
+    fixed = assign_bone_fragments(dirty)
+    assert np.array_equal(fixed[rim], ref[rim]) and np.array_equal(fixed[shaft], ref[shaft])
+    assert fixed[1:4, 1:4, 1:4].max() == 0
+    elsewhere = ~(rim | shaft)
+    elsewhere[1:4, 1:4, 1:4] = False
+    assert np.array_equal(fixed[elsewhere], ref[elsewhere])
+    cleaned = clean_labels(dirty, "attached")
+    assert (cleaned[rim] == 9).all() and (cleaned[shaft] == 8).all()
+    assert (clean_labels(dirty, "largest")[rim] == 9).sum() == 0  # the public pipeline's clean-up drops them
+    perm = assign_bone_fragments(np.ascontiguousarray(dirty.transpose(2, 0, 1)))
+    assert np.array_equal(perm.transpose(1, 2, 0), fixed)
+    # a piece larger than the core it touches is not given to it
+    toy = np.zeros((30, 30, 30), np.uint8)
+    toy[2:5, 2:5, 2:5] = 7  # the femur's core: 27 voxels
+    toy[5:11, 2:8, 2:8] = 9  # a loose patella piece of 216 touching it
+    toy[15:27, 15:27, 15:27] = 9  # the patella's core
+    out = assign_bone_fragments(toy)
+    assert (out[5:11, 2:8, 2:8] == 0).all() and (out[2:5, 2:5, 2:5] == 7).all()
+    toy[5:11, 2:8, 2:8] = 0
+    toy[5:6, 2:4, 2:4] = 9  # now 4 voxels: they join the femur
+    assert (assign_bone_fragments(toy)[5:6, 2:4, 2:4] == 7).all()
 
 
 def test_clean_up_removes_islands_and_fills_bones():

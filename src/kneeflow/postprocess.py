@@ -6,8 +6,9 @@ Modes (a model entry's ``clean``):
 * ``largest``: the public knee pipeline's: every label keeps its largest connected component, and
   holes in the bones are filled. Right for maps where each structure is one piece; a cartilage plate
   split by a full-thickness lesion loses its smaller part.
-* ``attached`` (kneeflow's default for its own models): bones keep their largest component and get
-  their holes filled, in 3D and then in the slices along each array axis (:func:`fill_holes` with
+* ``attached`` (kneeflow's default for its own models): bone voxels cut off from their label's
+  largest piece join the bone whose largest piece they touch most (:func:`assign_bone_fragments`);
+  then bones keep their largest component and get their holes filled, in 3D and then in the slices along each array axis (:func:`fill_holes` with
   ``slices=True``: a shaft cut by the scan's edge is open in 3D, so marrow the network missed there
   is no 3D hole, but it is enclosed by the cortex in the slices across the shaft); every other
   label keeps each component that touches its anchor (cartilage: its bone; menisci: the tibia or
@@ -19,8 +20,8 @@ Modes (a model entry's ``clean``):
 
 from __future__ import annotations
 
-__all__ = ["CLEAN_MODES", "MEDIAL_LATERAL", "anchors", "assign_medial_lateral", "clean_labels", "fill_holes",
-           "keep_attached", "keep_largest_components"]
+__all__ = ["CLEAN_MODES", "MEDIAL_LATERAL", "anchors", "assign_bone_fragments", "assign_medial_lateral",
+           "clean_labels", "fill_holes", "keep_attached", "keep_largest_components"]
 
 import logging
 
@@ -60,6 +61,50 @@ def keep_largest_components(lab: np.ndarray, labels) -> np.ndarray:
             # components tied for the largest are all kept: which one comes first depends on the
             # array's axis order, and the result must not depend on how the scan is stored
             sub[m[box] & (sizes[cc] != sizes.max())] = 0
+    return out
+
+
+def assign_bone_fragments(lab: np.ndarray, bones=None) -> np.ndarray:
+    """Bone voxels that are not part of their label's largest piece (its *core*) go to the bone whose
+    core they touch most, as one piece with the bone voxels they are connected to; pieces that touch
+    no core, or that are larger than the core they touch, become background.
+
+    A network that sees the knee in small patches tells bone from not-bone well but which bone less
+    well: the patella's rim and the distal tibial shaft, away from the joint that tells them apart,
+    come out partly as femur. Largest-component clean-up alone turns those voxels into background
+    (a patella one voxel thin all round); here they join the bone they are attached to. Counts of
+    contacts do not depend on the array's axis order; ties go to the first label of ``bones``.
+    """
+    from scipy import ndimage
+
+    bones = [CANONICAL[b] for b in BONES] if bones is None else list(bones)
+    out = lab.copy()
+    core = np.zeros(lab.shape, np.uint8)  # index into `bones` + 1
+    core_size = np.zeros(len(bones) + 1, np.int64)
+    for k, c in enumerate(bones, 1):
+        m = lab == c
+        if not m.any():
+            continue
+        box = _box(m)
+        cc, n = ndimage.label(m[box], structure=_STRUCTURE)
+        sizes = np.bincount(cc.ravel())
+        sizes[0] = 0
+        keep = (sizes == sizes.max())[cc] & (cc > 0)  # components tied for the largest are all core
+        core[box][keep] = k
+        core_size[k] = int(keep.sum())
+    loose = np.isin(lab, bones) & (core == 0)
+    if not loose.any():
+        return out
+    pieces, n = ndimage.label(loose, structure=_STRUCTURE)
+    for i, sl in enumerate(ndimage.find_objects(pieces), 1):
+        sl = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, size)) for s, size in zip(sl, lab.shape))
+        piece = pieces[sl] == i
+        ring = ndimage.binary_dilation(piece, structure=_STRUCTURE) & ~piece
+        touch = np.bincount(core[sl][ring], minlength=len(bones) + 1)
+        touch[0] = 0
+        k = int(np.argmax(touch))
+        sub = out[sl]
+        sub[piece] = bones[k - 1] if touch[k] > 0 and piece.sum() < core_size[k] else 0
     return out
 
 
@@ -136,7 +181,8 @@ def clean_labels(lab: np.ndarray, mode: str = "largest", labels=None) -> np.ndar
         return fill_holes(keep_largest_components(lab, labels if labels is not None else range(1, 10)), bones)
     if mode == "attached":
         # the bones first: their clean shapes are the anchors of the rest
-        return keep_attached(fill_holes(keep_largest_components(lab, bones), bones, slices=True), anchors())
+        bones_clean = keep_largest_components(assign_bone_fragments(lab, bones), bones)
+        return keep_attached(fill_holes(bones_clean, bones, slices=True), anchors())
     raise ValueError(f"unknown clean-up {mode!r}; one of {CLEAN_MODES}")
 
 
