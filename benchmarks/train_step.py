@@ -28,7 +28,7 @@ NETS = {
     "mednext_s": ({"name": "mednext_s", "deep_supervision": True}, (128, 128, 128), 2),
     # config/demo.yaml's network, patch and batch
     "demo": ({"name": "mednext_custom", "init_filters": 8, "blocks_down": [1, 1, 1, 1], "blocks_bottleneck": 1,
-              "blocks_up": [1, 1, 1, 1], "kernel_size": 3, "deep_supervision": True}, (48, 32, 32), 2),
+              "blocks_up": [1, 1, 1, 1], "kernel_size": 3, "deep_supervision": True}, (32, 32, 32), 2),
 }
 
 

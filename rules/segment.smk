@@ -97,9 +97,11 @@ for _model, _batch, _ids in segment_batches():
             f"results/logs/segment/{_model}_{_batch}.log",
         benchmark:
             f"results/benchmarks/segment/{_model}_{_batch}.tsv"
+        # the held-out knees' analyses wait on it: ahead of exports and figures once its model exists
+        priority: 40
         conda:
             "../envs/segment.yaml"
-        threads: 2
+        threads: SEG["threads"]
         resources:
             **GPU_RESOURCES,
             mem_mb=per_attempt(6000),

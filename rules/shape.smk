@@ -110,27 +110,28 @@ rule bscore:
         "../scripts/bscore.py"
 
 
-# End to end (thickness.from_models): the shape model fitted, with the same settings in one batch, to
-# the knees' meshes from each segmentation model's labels, and their BScores beside the provided
-# labels' (results/tables/bscore_auto.csv).
+# End to end (thickness.from_models): the shape model fitted, with the same settings, to each knee's
+# meshes from each segmentation model's labels, one job per knee (a femur the fit refuses fails its
+# own job; each starts as soon as its meshes exist), and their BScores beside the provided labels'
+# (results/tables/bscore_auto.csv).
 rule fit_nsm_auto:
     input:
         checkpoint=nsm_checkpoint(),
-        meshes=lambda wc: [f"results/{s}/auto/{wc.model}/meshes" for s in AUTO_NSM_IDS],
+        meshes="results/{sample}/auto/{model}/meshes",
     output:
         **{
-            f"recon_{k}": [
-                f"results/{s}/auto/{{model}}/shape/nsm_recon_{k}.vtk"
-                for s in AUTO_NSM_IDS
-            ]
+            f"recon_{k}": f"results/{{sample}}/auto/{{model}}/shape/nsm_recon_{k}.vtk"
             for k in nsm_surfaces()[1:]
         },
-        fits=[f"results/{s}/auto/{{model}}/shape/nsm.json" for s in AUTO_NSM_IDS],
-        recon=[f"results/{s}/auto/{{model}}/shape/nsm_recon.vtk" for s in AUTO_NSM_IDS],
+        fits="results/{sample}/auto/{model}/shape/nsm.json",
+        recon="results/{sample}/auto/{model}/shape/nsm_recon.vtk",
     log:
-        "results/logs/fit_nsm_auto/{model}.log",
+        "results/logs/fit_nsm_auto/{sample}_{model}.log",
     benchmark:
-        "results/benchmarks/fit_nsm_auto/{model}.tsv"
+        "results/benchmarks/fit_nsm_auto/{sample}_{model}.tsv"
+    wildcard_constraints:
+        sample="|".join(re.escape(s) for s in AUTO_NSM_IDS) or "(?!)",
+        model="|".join(re.escape(m) for m in MODELS) or "(?!)",
     conda:
         "../envs/shape.yaml"
     threads: 1
@@ -140,8 +141,8 @@ rule fit_nsm_auto:
         runtime=per_attempt(60),
     params:
         code=script_code("fit_nsm"),
-        samples=AUTO_NSM_IDS,
-        sides=[ROWS[s]["side"] for s in AUTO_NSM_IDS],
+        samples=lambda wc: [wc.sample],
+        sides=lambda wc: [ROWS[wc.sample]["side"]],
         fit=SHAPE["fit"],
         model=SHAPE["pretrained"],
         device=DEVICE,

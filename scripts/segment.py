@@ -23,6 +23,10 @@ def load(sm):
     """
     backend, entry = sm.params.backend, dict(sm.params.entry)
     device = models.resolve_device(sm.params.device)
+    if device == "cpu":  # torch would take every core; the job was given sm.threads
+        import torch
+
+        torch.set_num_threads(max(1, int(sm.threads)))
     clean = entry.get("clean", "largest" if backend == "nnunet" else "attached")
     mirror = entry.get("mirror", sm.params.mirror if backend != "nnunet" else False)
     if backend in ("train", "onnx"):

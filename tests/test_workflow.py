@@ -39,14 +39,27 @@ def _planned(out: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
-def test_demo_dry_run_plans_every_enabled_stage():
-    r = smk("-n", "--forceall", "--configfile", "config/demo.yaml")
+def test_demo_dry_run_plans_every_enabled_stage(tmp_path):
+    r = smk("-n", "--forceall", "--cores", "2", "--configfile", "config/demo.yaml")
     jobs = _planned(r.stdout + r.stderr)
     n = len(pd.read_csv(ROOT / "config" / "demo_samples.tsv", sep="\t"))
     for rule in ("phantom", "ingest", "ingest_echoes", "import_labels", "subregions", "thickness", "t2"):
         assert jobs.get(rule) == n, (rule, jobs)
     for rule in ("table_thickness", "table_t2", "table_qc", "all"):
         assert jobs.get(rule) == 1, (rule, jobs)
+    # one single-thread segmentation job per held-out knee (segmentation.batch_size 1, threads 1)
+    sheet = pd.read_csv(ROOT / "config" / "demo_samples.tsv", sep="\t")
+    seg = {k: v for k, v in jobs.items() if k.startswith("segment_mednext_demo_")}
+    assert len(seg) == (sheet["split"] == "test").sum() and set(seg.values()) == {1}, jobs
+    # the shape model is fitted to each held-out knee's model-label femur in its own job
+    assert jobs.get("fit_nsm_auto") == len(seg) and jobs.get("table_bscore_auto") == 1, jobs
+    blocks = re.findall(r"rule segment_mednext_demo_\d+:\n(.*?)\n(?=\[|\S)", r.stdout + r.stderr, re.S)
+    # Snakemake lists `threads:` only for jobs with more than one
+    assert len(blocks) == len(seg) and all("priority: 40" in b and "threads:" not in b for b in blocks), blocks
+    two = tmp_path / "two.yaml"
+    two.write_text(yaml.safe_dump({"segmentation": {**yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())["segmentation"], "threads": 2}}))
+    r2 = smk("-n", "--forceall", "--cores", "2", "--configfile", "config/demo.yaml", str(two))
+    assert len(re.findall(r"rule segment_mednext_demo_\d+:\n[^\[]*?threads: 2", r2.stdout + r2.stderr)) == len(seg)
 
 
 def test_switches_remove_stages(tmp_path):
