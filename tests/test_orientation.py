@@ -231,3 +231,41 @@ def test_clean_up_removes_islands_and_fills_bones():
     assert np.array_equal(clean_labels(dirty, "bones")[1:4, 1:4, 1:4], dirty[1:4, 1:4, 1:4])
     with pytest.raises(ValueError, match="unknown clean-up"):
         clean_labels(dirty, "tidy")
+
+
+def test_channels_last_training_and_inference_match_the_default_layout(tmp_path):
+    """`train.channels_last` (the demo's CPU speed-up) changes the memory layout, not the maths: the
+    first iterations' losses agree with the default layout's, the checkpoint records it, and a
+    Segmenter runs such a network channels-last with the same probabilities as run contiguous."""
+    import csv
+
+    import torch
+
+    from kneeflow.models import load_model
+    from kneeflow.training import TrainConfig, train
+
+    image, labels = knee(seed=33)
+    sitk.WriteImage(image, str(tmp_path / "im.nii.gz"))
+    sitk.WriteImage(labels, str(tmp_path / "lab.nii.gz"))
+    cases = [(str(tmp_path / "im.nii.gz"), str(tmp_path / "lab.nii.gz"))]
+    losses = {}
+    for cl in (False, True):
+        cfg = TrainConfig(arch=TINY, patch_size=(32, 32, 32), epochs=2, iterations_per_epoch=3, threads=1, seed=0,
+                          val_every=100, channels_last=cl)
+        train(cases, [], tmp_path / f"m{cl}", cfg)
+        with open(tmp_path / f"m{cl}" / "metrics.csv") as f:
+            losses[cl] = [float(r["train_loss"]) for r in csv.DictReader(f)]
+    assert len(losses[True]) == 2 and np.allclose(losses[True], losses[False], rtol=1e-3), losses
+    net, meta = load_model(tmp_path / "mTrue" / "checkpoint.pt")
+    assert meta["train_config"]["channels_last"] is True
+    seg_cl = Segmenter(net, meta, mirror=False)
+    # the depthwise convolutions (the slow ones on CPU) then work channels-last
+    depthwise = next(m for m in seg_cl.net.modules() if isinstance(m, torch.nn.Conv3d) and m.groups > 1)
+    seen = []
+    hook = depthwise.register_forward_hook(lambda m, a, out: seen.append(out))
+    net2, _ = load_model(tmp_path / "mTrue" / "checkpoint.pt")
+    seg_plain = Segmenter(net2, {**meta, "train_config": {**meta["train_config"], "channels_last": False}}, mirror=False)
+    arr = np.random.default_rng(0).normal(size=(40, 36, 44)).astype(np.float32)
+    assert np.allclose(seg_cl._logits(arr), seg_plain._logits(arr), atol=1e-4)
+    hook.remove()
+    assert seen and all(t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous() for t in seen)

@@ -38,6 +38,12 @@ class Segmenter:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.meta = meta
+        # a network trained channels-last (train.channels_last) is also run so: on CPU its depthwise
+        # convolutions take oneDNN's path (the demo net's window 0.049 -> 0.037 s on one thread)
+        cl = isinstance(net, torch.nn.Module) and (meta.get("train_config") or {}).get("channels_last")
+        self.memory_format = torch.channels_last_3d if cl else torch.contiguous_format
+        if cl:
+            self.net = self.net.to(memory_format=self.memory_format)
         self.mirror = mirror
         self.overlap = overlap
         self.sw_batch_size = sw_batch_size
@@ -51,7 +57,7 @@ class Segmenter:
 
     def head(self, t):
         """The network's full-resolution output (the first head under deep supervision)."""
-        out = self.net(t)
+        out = self.net(t.contiguous(memory_format=self.memory_format))
         return out[0] if isinstance(out, (tuple, list)) else out
 
     def _logits(self, arr: np.ndarray) -> np.ndarray:
