@@ -37,7 +37,9 @@ def settings(device: str) -> list[dict]:
         return [{"name": "fp32"}, {"name": "bf16 autocast", "amp": "bf16"}, {"name": "fp16 autocast + scaler", "amp": "fp16"},
                 {"name": "bf16 + torch.compile", "amp": "bf16", "compile": True},
                 {"name": "bf16 + channels_last_3d", "amp": "bf16", "channels_last": True}]
-    return [{"name": "fp32, 1 thread", "threads": 1}, {"name": "fp32, 2 threads", "threads": 2},
+    return [{"name": "fp32, 1 thread", "threads": 1},
+            {"name": "fp32 channels-last, 1 thread", "threads": 1, "channels_last": True},
+            {"name": "fp32, 2 threads", "threads": 2},
             {"name": "bf16 autocast, 2 threads", "threads": 2, "amp": "bf16"},
             {"name": "fp32, 2 threads, no augmentation", "threads": 2, "augment": "off"}]
 

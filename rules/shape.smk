@@ -49,6 +49,8 @@ for _batch, _ids in nsm_batches():
             f"results/logs/fit_nsm/{_batch}.log",
         benchmark:
             f"results/benchmarks/fit_nsm/{_batch}.tsv"
+        # as the segmentation jobs: on the demo's 2 cores it runs beside them, not after
+        priority: 40
         conda:
             "../envs/shape.yaml"
         threads: 1
