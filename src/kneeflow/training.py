@@ -80,7 +80,7 @@ class TrainConfig:
     compile: bool = False
     # channels-last (NDHWC) memory for the network and its patches: on CPU MedNeXt's depthwise
     # convolutions then run in oneDNN instead of PyTorch's slow grouped path (the demo net's step
-    # 0.215 -> 0.152 s on one thread, benchmarks/train_step.py); other rounding, so other weights
+    # 0.245 -> 0.178 s on one thread in benchmarks/train_step.py); other rounding, so other weights
     channels_last: bool = False
 
 
