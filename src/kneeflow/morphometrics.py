@@ -413,8 +413,9 @@ def measure_plates(labels_img, meshes: dict, sample: str, *, min_denuded_mm2: fl
     value, unit, n), the cartilage voxels labelled with :data:`STD_SUBREGIONS` and the thickness map
     (float32 mm on the label map's grid, each cartilage voxel holding the thickness.csv thickness of
     the nearest bone vertex of its plate where it was measured). Bone meshes gain point arrays
-    ``plate`` (label of the tAB the vertex belongs to), ``denuded`` and ``subregion_std``. ``side`` is used only where the label map
-    lacks the anatomy that defines the knee's axes (see :func:`knee_frame`).
+    ``plate`` (label of the tAB the vertex belongs to), ``denuded`` and ``subregion_std``. ``side``
+    is used only where the label map lacks the anatomy that defines the knee's axes (see
+    :func:`knee_frame`).
     """
     import SimpleITK as sitk
     from scipy.spatial import cKDTree

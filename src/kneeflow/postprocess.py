@@ -7,8 +7,9 @@ Modes (a model entry's ``clean``):
   holes in the bones are filled. Right for maps where each structure is one piece; a cartilage plate
   split by a full-thickness lesion loses its smaller part.
 * ``attached`` (kneeflow's default for its own models): bone voxels cut off from their label's
-  largest piece join the bone whose largest piece they touch most (:func:`assign_bone_fragments`);
-  then bones keep their largest component and get their holes filled, in 3D and then in the slices along each array axis (:func:`fill_holes` with
+  largest piece join the bone whose largest piece they touch most, or go
+  (:func:`assign_bone_fragments`); the bones' holes are filled in 3D and then in the slices along
+  each array axis (:func:`fill_holes` with
   ``slices=True``: a shaft cut by the scan's edge is open in 3D, so marrow the network missed there
   is no 3D hole, but it is enclosed by the cortex in the slices across the shaft); every other
   label keeps each component that touches its anchor (cartilage: its bone; menisci: the tibia or
@@ -45,23 +46,27 @@ def _box(mask: np.ndarray, margin: int = 0):
 def keep_largest_components(lab: np.ndarray, labels) -> np.ndarray:
     """Keep only the largest 26-connected component of each label in ``labels`` (others set to 0;
     components tied for the largest are all kept, so the result does not depend on the axis order)."""
-    from scipy import ndimage
-
     out = lab.copy()
     for c in labels:
         m = out == c
         if not m.any():
             continue
-        box = _box(m)  # label only inside the label's bounding box: a plate fills a small part of the scan
-        cc, n = ndimage.label(m[box], structure=_STRUCTURE)
-        if n > 1:
-            sizes = np.bincount(cc.ravel())
-            sizes[0] = 0
-            sub = out[box]
-            # components tied for the largest are all kept: which one comes first depends on the
-            # array's axis order, and the result must not depend on how the scan is stored
-            sub[m[box] & (sizes[cc] != sizes.max())] = 0
+        box, largest = _largest_pieces(m)
+        out[box][m[box] & ~largest] = 0
     return out
+
+
+def _largest_pieces(m: np.ndarray):
+    """(bounding box of ``m``, mask of its largest 26-connected components within the box). Components
+    tied for the largest are all kept: which one comes first depends on the array's axis order, and
+    the result must not depend on how the scan is stored."""
+    from scipy import ndimage
+
+    box = _box(m)  # label only inside the bounding box: a plate fills a small part of the scan
+    cc, _ = ndimage.label(m[box], structure=_STRUCTURE)
+    sizes = np.bincount(cc.ravel())
+    sizes[0] = 0
+    return box, (sizes == sizes.max())[cc] & (cc > 0)
 
 
 def assign_bone_fragments(lab: np.ndarray, bones=None) -> np.ndarray:
@@ -85,13 +90,9 @@ def assign_bone_fragments(lab: np.ndarray, bones=None) -> np.ndarray:
         m = lab == c
         if not m.any():
             continue
-        box = _box(m)
-        cc, n = ndimage.label(m[box], structure=_STRUCTURE)
-        sizes = np.bincount(cc.ravel())
-        sizes[0] = 0
-        keep = (sizes == sizes.max())[cc] & (cc > 0)  # components tied for the largest are all core
-        core[box][keep] = k
-        core_size[k] = int(keep.sum())
+        box, largest = _largest_pieces(m)
+        core[box][largest] = k
+        core_size[k] = int(largest.sum())
     loose = np.isin(lab, bones) & (core == 0)
     if not loose.any():
         return out
@@ -180,9 +181,9 @@ def clean_labels(lab: np.ndarray, mode: str = "largest", labels=None) -> np.ndar
     if mode == "largest":
         return fill_holes(keep_largest_components(lab, labels if labels is not None else range(1, 10)), bones)
     if mode == "attached":
-        # the bones first: their clean shapes are the anchors of the rest
-        bones_clean = keep_largest_components(assign_bone_fragments(lab, bones), bones)
-        return keep_attached(fill_holes(bones_clean, bones, slices=True), anchors())
+        # the bones first: their clean shapes are the anchors of the rest. assign_bone_fragments
+        # leaves each bone as its largest piece(s) (every other piece joined a touching core or went)
+        return keep_attached(fill_holes(assign_bone_fragments(lab, bones), bones, slices=True), anchors())
     raise ValueError(f"unknown clean-up {mode!r}; one of {CLEAN_MODES}")
 
 
