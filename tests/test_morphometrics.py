@@ -292,3 +292,25 @@ def test_real_label_map_left_equals_mirrored_right():
     for mirror in (_array_flip, _header_flip):
         assert np.array_equal(sitk.GetArrayViewFromImage(canonical_knee(mirror(raw)).image),
                               sitk.GetArrayViewFromImage(canonical_knee(raw).image)), mirror.__name__
+
+
+def test_subregions_load_pymskts_module_without_its_package():
+    """femoral_subregions runs pymskt's own cartilage_processing file but never imports the pymskt
+    package (whose __init__ costs ~4 s per job); the same function as `import pymskt` gives."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, inspect\n"
+        "from kneeflow.subregions import _pymskt_cartilage_processing as load\n"
+        "m = load()\n"
+        "assert load() is m\n"
+        "assert not any(k == 'pymskt' or k.startswith('pymskt.') for k in sys.modules), sorted(sys.modules)\n"
+        "src = inspect.getsource(m.get_aligned_cartilage_subregions)\n"
+        "import pymskt.image.cartilage_processing as ref\n"
+        "assert inspect.getsourcefile(ref) == m.__file__, (inspect.getsourcefile(ref), m.__file__)\n"
+        "assert inspect.getsource(ref.get_aligned_cartilage_subregions) == src\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

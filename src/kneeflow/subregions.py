@@ -81,8 +81,7 @@ def _register_subregions(labels_img, reference, shrink: int, seed: int):
     """femoral_subregions of a right knee's label map, on its own grid."""
     import SimpleITK as sitk
 
-    from pymskt.image.cartilage_processing import get_aligned_cartilage_subregions
-
+    get_aligned_cartilage_subregions = _pymskt_cartilage_processing().get_aligned_cartilage_subregions
     arr = sitk.GetArrayViewFromImage(labels_img)
     for name in ("femoral_cartilage", "femur", "medial_tibial_cartilage", "lateral_tibial_cartilage"):
         if not (arr == CANONICAL[name]).any():
@@ -111,3 +110,35 @@ def _register_subregions(labels_img, reference, shrink: int, seed: int):
     img = sitk.GetImageFromArray(res)
     img.CopyInformation(labels_img)
     return img
+
+
+def _pymskt_cartilage_processing():
+    """pymskt's ``pymskt.image.cartilage_processing`` module, loaded from the installed package's file
+    without running ``pymskt/__init__.py``.
+
+    The package's ``__init__`` imports all of pymskt (meshes, registration, viewers: IPython,
+    itkwidgets, pyfocusr, matplotlib), ~4 s per subregions job, 20 jobs in the demo; the module itself
+    imports only numpy, scipy, SimpleITK and requests. The same file, run as is (under a private name,
+    so a later ``import pymskt`` still gets its own copy).
+    """
+    import importlib.util
+    import sys
+
+    name = "kneeflow._pymskt_cartilage_processing"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec("pymskt")  # a top-level package: found, not imported
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("pymskt is not installed: femoral subregions need it (envs/mesh.yaml)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "image" / "cartilage_processing.py"
+    if not path.is_file():
+        raise ImportError(f"{path}: pymskt's cartilage_processing module is missing (pymskt version changed?)")
+    mspec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(mspec)
+    sys.modules[name] = mod
+    try:
+        mspec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return mod
