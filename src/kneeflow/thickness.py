@@ -21,7 +21,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from kneeflow.mesh import physical_to_index
+from kneeflow.mesh import index_to_physical, physical_to_index
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,15 @@ def ray_crossings(field_img, origins: np.ndarray, directions: np.ndarray, *, ray
     n_cross = np.zeros(n, dtype=np.int32)
     t1 = np.full(n, np.nan)
     t2 = np.full(n, np.nan)
+    a, _ = index_to_physical(field_img)
     for s in range(0, n, chunk):
         o = origins[s : s + chunk]
         d = directions[s : s + chunk]
-        start = o - ray_in * d
-        pts = start[:, None, :] + ts[None, :, None] * d[:, None, :]  # (m, T, 3)
-        ijk = physical_to_index(field_img, pts.reshape(-1, 3))
-        vals = map_coordinates(arr, ijk[:, ::-1].T, order=1, mode="constant", cval=0.0)
+        # the rays in index space (the map is affine: map the ends, not the m x T samples)
+        start = physical_to_index(field_img, o - ray_in * d)
+        d_ijk = np.linalg.solve(a, d.T).T
+        ijk = start[:, None, :] + ts[None, :, None] * d_ijk[:, None, :]  # (m, T, 3)
+        vals = map_coordinates(arr, ijk.reshape(-1, 3)[:, ::-1].T, order=1, mode="constant", cval=0.0)
         vals = vals.reshape(len(o), len(ts)) - level
         sign = vals > 0
         flips = sign[:, 1:] != sign[:, :-1]
