@@ -11,7 +11,7 @@ patch size, spacing and intensity normalisation.
 from __future__ import annotations
 
 __all__ = ["CheckpointError", "REGISTRY", "build", "file_sha256", "load_checkpoint", "load_model", "main",
-           "n_parameters", "resolve_device", "save_checkpoint"]
+           "monai_mednext", "n_parameters", "resolve_device", "save_checkpoint"]
 
 import argparse
 import json
@@ -58,10 +58,27 @@ def _swinunetr(in_channels=1, out_channels=10, feature_size=24, **kw):
     return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size, spatial_dims=3, **kw)
 
 
+def monai_mednext():
+    """MONAI's ``monai.networks.nets.mednext`` module (MedNeXt, create_mednext).
+
+    Its two files (the network and its blocks) import only torch, while ``import monai`` imports every
+    MONAI submodule and the optional packages they find (transformers, torchvision, ignite,
+    jsonschema's format checkers, ...): ~10 s of each segmentation and export job. Without MONAI
+    imported, the two files are run from the installed package as they are (the same classes, the same
+    state_dict keys); with it imported, MONAI's own module.
+    """
+    from kneeflow.optional import module_from_package_file
+
+    block = module_from_package_file("monai", "networks/blocks/mednext_block.py",
+                                     name="kneeflow._monai_mednext_block", env="envs/segment.yaml")
+    return module_from_package_file("monai", "networks/nets/mednext.py", name="kneeflow._monai_mednext",
+                                    needs={"monai.networks.blocks.mednext_block": block}, env="envs/segment.yaml")
+
+
 def _mednext(variant: str | None = "S", in_channels=1, out_channels=10, kernel_size=3, deep_supervision=False, **kw):
     """MedNeXt (MONAI). ``variant`` S/B/M/L as in the paper; ``variant=None`` + kwargs for a custom size."""
-    from monai.networks.nets import MedNeXt
-    from monai.networks.nets.mednext import create_mednext
+    mod = monai_mednext()
+    MedNeXt, create_mednext = mod.MedNeXt, mod.create_mednext
 
     if variant:
         return create_mednext(variant, spatial_dims=3, in_channels=in_channels, out_channels=out_channels,

@@ -112,33 +112,13 @@ def _register_subregions(labels_img, reference, shrink: int, seed: int):
     return img
 
 
+
 def _pymskt_cartilage_processing():
-    """pymskt's ``pymskt.image.cartilage_processing`` module, loaded from the installed package's file
-    without running ``pymskt/__init__.py``.
+    """pymskt's ``pymskt.image.cartilage_processing``, without importing the pymskt package: its
+    ``__init__`` imports all of pymskt (meshes, registration, viewers: IPython, itkwidgets, pyfocusr,
+    matplotlib), ~4 s per subregions job, 20 jobs in the demo; the module imports only numpy, scipy,
+    SimpleITK and requests."""
+    from kneeflow.optional import module_from_package_file
 
-    The package's ``__init__`` imports all of pymskt (meshes, registration, viewers: IPython,
-    itkwidgets, pyfocusr, matplotlib), ~4 s per subregions job, 20 jobs in the demo; the module itself
-    imports only numpy, scipy, SimpleITK and requests. The same file, run as is (under a private name,
-    so a later ``import pymskt`` still gets its own copy).
-    """
-    import importlib.util
-    import sys
-
-    name = "kneeflow._pymskt_cartilage_processing"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec("pymskt")  # a top-level package: found, not imported
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("pymskt is not installed: femoral subregions need it (envs/mesh.yaml)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "image" / "cartilage_processing.py"
-    if not path.is_file():
-        raise ImportError(f"{path}: pymskt's cartilage_processing module is missing (pymskt version changed?)")
-    mspec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(mspec)
-    sys.modules[name] = mod
-    try:
-        mspec.loader.exec_module(mod)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return mod
+    return module_from_package_file("pymskt", "image/cartilage_processing.py",
+                                    name="kneeflow._pymskt_cartilage_processing", env="envs/mesh.yaml")
