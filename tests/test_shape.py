@@ -246,14 +246,16 @@ def test_synthetic_cohort_bscore_tracks_oa_and_nsm_reconstructs(tmp_path):
     cfg = {"decoder": "deepsdf", "surfaces": ["femur"], "latent_size": 16, "hidden": 64, "n_layers": 6,
            "fourier": 4, "skip": 3, "steps": 1200, "points_per_step": 1024, "samples_per_shape": 20000, "seed": 0}
     model = shape.train({s: knees[s] for s in train}, sides, cfg)
-    res = shape.fit(model, {s: knees[s] for s in test}, sides, iterations=800, points=8000)
+    # the demo's fit settings (config/demo.yaml shape.fit): 300 iterations, patience 100, 4000 points,
+    # marching cubes at 128 (with 800 x 8000 points and 160: the same Spearman, ASSD within 0.004 mm)
+    res = shape.fit(model, {s: knees[s] for s in test}, sides, iterations=300, points=4000, patience=100)
     groups = {s: ("healthy" if oa[s] < 0.4 else "oa") for s in train}
     bm = shape.fit_bscore(model.latents, groups)
     scores = [shape.bscore(bm, res[s].latent) for s in test]
     rho = spearmanr([oa[s] for s in test], scores).statistic
     assd = []
     for s in test:
-        pts, tris = shape.reconstruct(model, res[s].latent, res[s].alignment, resolution=160)
+        pts, tris = shape.reconstruct(model, res[s].latent, res[s].alignment, resolution=128)
         ip, it = surface.mesh_arrays(knees[s]["femur"])
         assd.append(surface.surface_distance(ip, it, pts, tris)["assd"])
     print(f"held-out n={len(test)}: Spearman(BScore, OA) = {rho:.3f}; NSM ASSD mean {np.mean(assd):.3f} mm, "
