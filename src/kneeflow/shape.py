@@ -138,12 +138,13 @@ class ShapeModel:
         """One surface's signed distance on the ``resolution``^3 grid over [-1, 1]^3 (axis i = x), float32.
 
         ``coarse``: every second grid point per axis is decoded first; a block of 2 x 2 x 2 cells is
-        decoded in full only where the surface may cross it: corners of both signs, or a corner within
-        1.5 block diagonals of zero (a field whose gradient stays below 3 cannot change sign inside a
-        block whose corners are all further than that; these decoders' gradients are ~1, at most 2 on
-        the demo's model). Elsewhere every point keeps its block's corner value, so marching cubes
-        finds no crossing there, and the surface is the full grid's: about a third of the decoder
-        evaluations at 128 (tests/test_shape.py compares the two).
+        decoded in full only where the surface may cross it: corners of both signs, or a corner closer
+        to zero than 1.5 x (the steepest slope between neighbouring coarse points, at least 1) x half
+        the block's diagonal (a field no steeper than that cannot change sign inside a block whose
+        corners are all further from zero). Elsewhere every point keeps its block's corner value, so
+        marching cubes finds no crossing there, and the surface is the full grid's: about a third of
+        the decoder evaluations at 128 for the demo's model (slope ~2); a steep field (the public
+        triplanar models: ~30) is decoded almost in full. tests/test_shape.py compares the two.
         """
         r = int(resolution)
         ax = np.linspace(-1.0, 1.0, r, dtype=np.float32)
@@ -159,7 +160,12 @@ class ShapeModel:
         n = len(nodes)
         c = decode(np.stack(np.meshgrid(nodes, nodes, nodes, indexing="ij"), axis=-1).reshape(-1, 3)).reshape(n, n, n)
         corners = np.stack([c[i:n - 1 + i, j:n - 1 + j, k:n - 1 + k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
-        margin = 1.5 * np.sqrt(3.0) * 2 * (2.0 / (r - 1))
+        # the field's steepest slope between neighbouring coarse points (model units per unit), x 1.5
+        h = 2.0 / (r - 1)
+        gaps = np.diff(nodes) * h
+        slope = max(float((np.abs(np.diff(c, axis=a)) / gaps.reshape([-1 if b == a else 1 for b in range(3)])).max())
+                    for a in range(3))
+        margin = 1.5 * max(slope, 1.0) * np.sqrt(3.0) * h  # x half a block's diagonal
         near = (np.abs(corners).min(0) < margin) | ((corners > 0).any(0) & (corners <= 0).any(0))
         # each grid index's block (half-open; the last index closes the last block)
         blk = np.minimum(np.searchsorted(nodes, np.arange(r), side="right") - 1, n - 2)
