@@ -112,7 +112,6 @@ def _register_subregions(labels_img, reference, shrink: int, seed: int):
     return img
 
 
-
 def _pymskt_cartilage_processing():
     """pymskt's ``pymskt.image.cartilage_processing``, without importing the pymskt package: its
     ``__init__`` imports all of pymskt (meshes, registration, viewers: IPython, itkwidgets, pyfocusr,
