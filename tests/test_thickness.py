@@ -137,3 +137,32 @@ def test_real_dess_agrees_with_pymskt(dess_labels, tmp_path):
     diffs = {r: abs(ours[r] - ref[k]["mean"]) for r, k in pairs.items()}
     print("mean thickness |ours - pymskt| (mm):", diffs)
     assert max(diffs.values()) <= 0.10, diffs
+
+
+def test_surface_shifts_tell_the_articular_from_the_deep_surface():
+    """A model that misses the cartilage's top voxel layer moves the articular surface by one voxel
+    towards the bone and leaves the bone interface where it was (and the reverse for the bottom)."""
+    sp = 0.5
+    n = 60
+    z = (np.arange(n) * sp)[None, None, :]
+    lab = np.broadcast_to(np.where(z < 12, 7, 0), (n, n, n)).astype(np.uint8)
+    lab = np.where((z >= 12) & (z < 14.5), 2, lab).astype(np.uint8)
+    lab[:6], lab[-6:], lab[:, :6], lab[:, -6:], lab[:, :, :4] = 0, 0, 0, 0, 0
+    thin_top = np.where((lab == 2) & (z >= 14.0), 0, lab).astype(np.uint8)
+    thin_bottom = np.where((lab == 2) & (z < 12.5), 7, lab).astype(np.uint8)
+    ref = to_itk(lab, (sp,) * 3)
+    poly = M.bone_mesh(ref, [7], 4000, bone="femur", crop_percent=None)
+    pts, nrm = M.points(poly), M.point_normals(poly)
+    top = nrm[:, 2] > 0.95  # the bone's top face, under the slab
+    f_ref = M.cartilage_field(ref, [2])
+    for test, moved, still in ((thin_top, "articular", "deep"), (thin_bottom, "deep", "articular")):
+        s = T.surface_shifts(pts, nrm, f_ref, M.cartilage_field(to_itk(test, (sp,) * 3), [2]))
+        sel = top & s["both"]
+        assert sel.sum() > 100
+        shift = -sp if moved == "articular" else sp
+        assert np.median(s[moved][sel]) == pytest.approx(shift, abs=0.05)
+        assert np.median(np.abs(s[still][sel])) < 0.05
+        assert np.median(s["t_test"][sel] - s["t_ref"][sel]) == pytest.approx(-sp, abs=0.05)
+        # the reference's articular crossing lies on the voxelised slab's top face: half a voxel
+        # above the centres of its top layer (z = 14.0 mm)
+        assert np.median(s["articular_ref"][sel][:, 2]) == pytest.approx(14.0 + sp / 2, abs=0.05)

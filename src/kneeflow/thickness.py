@@ -14,7 +14,8 @@ compares the two on real data.
 
 from __future__ import annotations
 
-__all__ = ["STATS", "bone_thickness", "facing", "measure_knee", "most_common_label", "ray_crossings", "summarise"]
+__all__ = ["STATS", "bone_thickness", "facing", "measure_knee", "most_common_label", "ray_crossings", "summarise",
+           "surface_shifts"]
 
 import logging
 
@@ -152,6 +153,35 @@ def bone_thickness(bone_pts: np.ndarray, normals: np.ndarray, plates: dict[int, 
         r = most_common_label(labels_img, a, b, region_labels)
         region = np.where(two & (r > 0), r, region)
     return thick, region
+
+
+def surface_shifts(bone_pts: np.ndarray, normals: np.ndarray, ref_field, test_field, *, ray_in: float = 2.5,
+                   ray_out: float = 10.0, step: float = 0.05) -> dict[str, np.ndarray]:
+    """Where a test segmentation's cartilage surfaces lie against a reference's, ray by ray.
+
+    Both fields (e.g. :func:`kneeflow.mesh.cartilage_field` of a model's and of the given label map)
+    are cast along the same bone rays. Returns per-ray arrays: ``both`` (each field crossed exactly
+    twice), ``deep`` and ``articular`` (test minus reference position of the bone-side and of the
+    outer crossing, mm along the outward normal: negative = towards the bone), ``t_ref`` and
+    ``t_test`` (thicknesses, NaN where that field was not crossed twice) and ``articular_ref`` (the
+    reference's outer crossing, physical points, for looking up what covers the cartilage).
+    A thickness error that is all ``articular`` is the cartilage-fluid (or -meniscus) boundary; all
+    ``deep``, the bone interface.
+    """
+    n_r, r1, r2 = ray_crossings(ref_field, bone_pts, normals, ray_in=ray_in, ray_out=ray_out, step=step)
+    n_t, s1, s2 = ray_crossings(test_field, bone_pts, normals, ray_in=ray_in, ray_out=ray_out, step=step)
+    two_r, two_t = n_r == 2, n_t == 2
+    both = two_r & two_t
+    nan = np.full(len(bone_pts), np.nan)
+    start = bone_pts - ray_in * normals
+    return {
+        "both": both,
+        "deep": np.where(both, s1 - r1, nan),
+        "articular": np.where(both, s2 - r2, nan),
+        "t_ref": np.where(two_r, r2 - r1, nan),
+        "t_test": np.where(two_t, s2 - s1, nan),
+        "articular_ref": np.where(two_r[:, None], start + r2[:, None] * normals, np.nan),
+    }
 
 
 def summarise(sample: str, bone: str, thickness: np.ndarray, region: np.ndarray, names: dict[int, str],
