@@ -8,11 +8,13 @@ PYTEST_ARGS ?= -m "not heavy"
 
 .PHONY: install demo test test-heavy lint clean-demo gpu-bundle
 
+# --no-cache-dir: torch's CUDA wheels (several GB from PyPI) would otherwise sit twice on disk, in
+# pip's cache and in the venv; a CI machine once ran out of space there
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -c constraints.txt -r requirements.txt
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip
+	$(PY) -m pip install -q --no-cache-dir torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q --no-cache-dir -c constraints.txt -r requirements.txt
 	$(PY) -m pip install -q -c constraints.txt --no-deps -e .
 	touch $(STAMP)
 
