@@ -36,6 +36,31 @@ def test_world_from_the_launchers_environment():
         World(0, 3).share(4)
 
 
+def test_batch_dice_is_monais_and_not_the_per_patch_dice():
+    import torch
+    from monai.losses import DiceCELoss
+
+    from kneeflow.training import BatchDiceCELoss
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 3, (2, 1, 6, 6, 6), generator=g)
+    target[1, 0, :2, :2, :2] = 3  # class 3 in one patch only
+    # a fair prediction: the target's class favoured, noise on top
+    logits = 3.0 * torch.nn.functional.one_hot(target[:, 0], 4).movedim(-1, 1).double()
+    logits += torch.randn(2, 4, 6, 6, 6, generator=g, dtype=torch.float64)
+    values, grads = [], []
+    for fn in (BatchDiceCELoss(), DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True),
+               DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)):
+        x = logits.clone().requires_grad_(True)
+        loss = fn(x, target)
+        loss.backward()
+        values.append(float(loss))
+        grads.append(x.grad)
+    assert values[0] == pytest.approx(values[1], rel=1e-9)
+    assert torch.allclose(grads[0], grads[1], atol=1e-12)
+    assert abs(values[0] - values[2]) > 0.01  # per patch, the patch without class 3 counts it as missed
+
+
 def _cases(tmp: Path):
     cases = []
     for seed in (71, 72):
@@ -140,12 +165,15 @@ def test_a_killed_two_process_run_resumes(tmp_path):
 @pytest.mark.slow
 def test_kneeflow_train_processes_starts_the_ranks(tmp_path):
     """`kneeflow train --processes 2` (what the workflow's rule runs) starts 2 ranks with torchrun outside
-    SLURM: the same weights as one process, one log with both ranks, provenance beside the checkpoint."""
+    SLURM: the same weights as one process, one log with both ranks, provenance beside the checkpoint.
+    With the batch Dice (the demo's loss), whose sums the ranks all-reduce: per-rank batch Dice would
+    train other weights."""
     import json
 
     cases = _cases(tmp_path)
     settings = json.dumps({"arch": TINY, "patch_size": [32, 32, 32], "batch_size": 2, "epochs": 1,
-                           "iterations_per_epoch": 3, "threads": 1, "seed": 5, "val_every": 100, "dtype": "float64"})
+                           "iterations_per_epoch": 3, "threads": 1, "seed": 5, "val_every": 100, "dtype": "float64",
+                           "dice_batch": True})
     kneeflow = str(Path(sys.executable).with_name("kneeflow"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env["OMP_NUM_THREADS"] = "1"

@@ -14,7 +14,7 @@ the same weights on CPU.
 
 from __future__ import annotations
 
-__all__ = ["PatchSampler", "TrainConfig", "deep_supervision_loss", "normalise", "patch_rng", "preview",
+__all__ = ["BatchDiceCELoss", "PatchSampler", "TrainConfig", "deep_supervision_loss", "normalise", "patch_rng", "preview",
            "read_case", "resample_to_spacing", "train"]
 
 import copy
@@ -57,6 +57,9 @@ class TrainConfig:
     seed: int = 0
     num_classes: int = 10
     ds_weights: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125, 0.0625)
+    # nnU-Net's batch_dice: the Dice term's sums taken over the whole (global) batch instead of per
+    # patch, so a patch that holds a sliver of a class does not weigh as much as one full of it
+    dice_batch: bool = False
     amp: bool = True
     threads: int = 0
     # "side": medial and lateral tibial cartilage (and menisci) are one class in training and are
@@ -155,6 +158,35 @@ def deep_supervision_loss(outputs, target, loss_fn, weights):
     return total
 
 
+class BatchDiceCELoss:
+    """Dice over the whole batch (nnU-Net's ``batch_dice``; foreground classes, smooth 1e-5) plus
+    cross-entropy: MONAI's ``DiceCELoss(batch=True, include_background=False)``. With ``distributed``
+    the Dice sums are all-reduced over the ranks (with their gradients), so that data-parallel ranks
+    train on the global batch's Dice, as one process with the whole batch would; the cross-entropy is
+    a mean, which DDP's gradient averaging already makes the global batch's."""
+
+    def __init__(self, distributed: bool = False, smooth: float = 1e-5):
+        self.distributed, self.smooth = distributed, smooth
+
+    def __call__(self, logits, target):
+        import torch
+        import torch.nn.functional as F
+
+        t = target[:, 0].long()
+        if logits.dtype not in (torch.float32, torch.float64):  # autocast's half precision
+            logits = logits.float()
+        p = torch.softmax(logits, 1)[:, 1:]
+        onehot = F.one_hot(t, logits.shape[1]).movedim(-1, 1)[:, 1:].to(p.dtype)
+        dims = [0, *range(2, p.ndim)]
+        sums = torch.stack([(p * onehot).sum(dims), onehot.sum(dims), p.sum(dims)])
+        if self.distributed:
+            from torch.distributed.nn.functional import all_reduce
+
+            sums = all_reduce(sums)
+        dice = 1.0 - (2.0 * sums[0] + self.smooth) / (sums[1] + sums[2] + self.smooth)
+        return dice.mean() + F.cross_entropy(logits, t)
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -204,7 +236,10 @@ def train(train_cases: list[tuple[str, str]], val_cases: list[tuple[str, str]], 
     net = net.to(memory_format=memory_format)
     log.info("model %s: %s parameters", cfg.arch.get("name"), f"{n_parameters(net):,d}")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    if cfg.dice_batch:
+        loss_fn = BatchDiceCELoss(distributed=world.size > 1)
+    else:
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     layout = check_layout(cfg.layout) if cfg.layout else layout_of(read_volume(train_cases[0][0]))
     meta = {
         "arch": {**cfg.arch, "out_channels": cfg.num_classes},
