@@ -14,8 +14,8 @@ the same weights on CPU.
 
 from __future__ import annotations
 
-__all__ = ["BatchDiceCELoss", "PatchSampler", "TrainConfig", "deep_supervision_loss", "normalise", "patch_rng", "preview",
-           "read_case", "resample_to_spacing", "train"]
+__all__ = ["BatchDiceCELoss", "PatchSampler", "TrainConfig", "deep_supervision_loss", "normalise", "patch_rng",
+           "preview", "read_case", "resample_to_spacing", "train"]
 
 import copy
 import csv
