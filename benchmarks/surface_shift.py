@@ -9,8 +9,10 @@ along the same rays (the given bone mesh's normals, the thickness recipe's smoot
 lengths; :func:`kneeflow.thickness.surface_shifts`). Per plate: the mean thickness difference on
 the rays both cross twice, how much of it is the bone-side surface (``deep``) and how much the outer
 one (``articular``), and the articular shift split by what covers the cartilage in the given map
-half a millimetre beyond it (fluid or other background, meniscus, another plate). The thickness
-table compares plate means with the phantom's truth; this says which boundary to blame.
+half a millimetre beyond it (fluid or other background, meniscus, another plate); the shift under
+fluid is split again by the width of the fluid layer in the given map (from the articular surface
+to the next labelled structure along the normal, e.g. the opposite plate: ``--narrow-mm``). The
+thickness table compares plate means with the phantom's truth; this says which boundary to blame.
 Prints a table and writes surface_shift.json.
 """
 
@@ -41,6 +43,23 @@ def covering(labels_arr, labels_img, pts, normals, beyond_mm=0.5):
     return out
 
 
+def fluid_gap(labels_arr, labels_img, pts, normals, start_mm=0.5, max_mm=8.0, step_mm=0.1):
+    """Width of the background layer beyond each articular point: the distance along the normal to
+    the first labelled voxel of the given map (NaN when none within ``max_mm``)."""
+    from kneeflow.mesh import physical_to_index
+
+    hi = np.asarray(labels_arr.shape[::-1]) - 1
+    gap = np.full(len(pts), np.nan)
+    for d in np.arange(start_mm, max_mm + 1e-9, step_mm):
+        todo = np.isnan(gap)
+        if not todo.any():
+            break
+        ijk = np.clip(np.rint(physical_to_index(labels_img, pts[todo] + d * normals[todo])).astype(int), 0, hi)
+        hit = labels_arr[ijk[:, 2], ijk[:, 1], ijk[:, 0]] != 0
+        gap[np.flatnonzero(todo)[hit]] = d
+    return gap
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default=str(ROOT / "results"))
@@ -48,6 +67,8 @@ def main() -> int:
     ap.add_argument("--samples", nargs="*", help="default: every sample with both label maps")
     ap.add_argument("--ray-in", type=float, default=2.5)
     ap.add_argument("--ray-out", type=float, default=10.0)
+    ap.add_argument("--narrow-mm", type=float, default=2.5,
+                    help="a fluid layer thinner than this (mm) counts as a narrow gap")
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "surface_shift"))
     a = ap.parse_args()
     import SimpleITK as sitk
@@ -88,20 +109,30 @@ def main() -> int:
                     sel = cover == c
                     row[f"rays_under_{c}"] = int(sel.sum())
                     row[f"articular_shift_under_{c}_mm"] = float(np.mean(sh["articular"][both][sel])) if sel.any() else None
+                under = cover == "fluid"
+                gap = fluid_gap(given_arr, given, sh["articular_ref"][both][under], nrm[both][under])
+                art = sh["articular"][both][under]
+                for name, sel in (("narrow", gap < a.narrow_mm), ("wide", ~(gap < a.narrow_mm))):
+                    row[f"rays_under_{name}_fluid"] = int(sel.sum())
+                    row[f"articular_shift_under_{name}_fluid_mm"] = float(np.mean(art[sel])) if sel.any() else None
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "surface_shift.json").write_text(json.dumps({"results": str(res), "model": a.model, "rows": rows}, indent=1))
+    (out / "surface_shift.json").write_text(json.dumps({"results": str(res), "model": a.model, "narrow_mm": a.narrow_mm,
+                                                        "rows": rows}, indent=1))
 
     def f(v):
         return f"{v:+7.3f}" if v is not None else "      -"
 
     print(f"\n{'sample':8s} {'plate':26s} {'rays':>5s} {'model-given':>11s} {'deep':>7s} {'artic.':>7s}"
-          f" {'under fluid':>12s} {'meniscus':>9s} {'cartilage':>10s}   (mm; + = away from the bone)")
+          f" {'under fluid':>12s} {'narrow':>7s} {'(rays)':>6s} {'wide':>7s} {'meniscus':>9s} {'cartilage':>10s}"
+          f"   (mm; + = away from the bone; narrow: fluid under {a.narrow_mm} mm)")
     for r in rows:
         print(f"{r['sample']:8s} {r['plate']:26s} {r['rays']:5d} {f(r['difference_mm']):>11s} {f(r['deep_shift_mm'])}"
               f" {f(r['articular_shift_mm'])} {f(r['articular_shift_under_fluid_mm']):>12s}"
+              f" {f(r['articular_shift_under_narrow_fluid_mm'])} {r['rays_under_narrow_fluid']:6d}"
+              f" {f(r['articular_shift_under_wide_fluid_mm'])}"
               f" {f(r['articular_shift_under_meniscus_mm']):>9s} {f(r['articular_shift_under_cartilage_mm']):>10s}")
     return 0
 
